@@ -1,0 +1,109 @@
+"""The generation plan: what to compute, in diffusers' vocabulary, decided once at the edge. No torch."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.prompts.options import PromptOptions
+from engine.prompts.parser import ExtraNetworkTag
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Per-image seeds and how A1111 turns them into noise (`modules/rng.py`)."""
+
+    seeds: tuple[int, ...]
+    subseeds: tuple[int, ...]
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] = (0, 0)  # (width, height); 0 = off
+    source: str = "GPU"  # A1111 `randn_source`: "GPU" draws on the CUDA device, "CPU" on the host
+    eta_noise_seed_delta: int = 0
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """The resolved sampler (an `engine.samplers.SamplerChoice`) and its knobs (`SamplerOptions`)."""
+
+    choice: Any
+    options: Any
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    """Hires fix's second pass (A1111 `StableDiffusionProcessingTxt2Img.sample_hr_pass`)."""
+
+    width: int  # the upscale target (A1111 hr_upscale_to_x/y) before the centre crop
+    height: int
+    crop: tuple[int, int]  # (x, y) latent columns/rows cut off to reach hr_resize_x × hr_resize_y
+    upscaler: str  # an A1111 upscaler name: a latent mode, "Lanczos", an ESRGAN model…
+    num_inference_steps: int  # sampler steps actually run (hr_second_pass_steps or steps)
+    strength: float  # denoising_strength, already clamped to ≤ 0.999 as A1111 does
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    sampler: SamplerSpec
+    checkpoint: str | None = None  # None: the first pass's checkpoint
+
+    @property
+    def schedule_length(self) -> int:
+        """A1111 runs the last `num_inference_steps` of an `int(steps / denoise)`-step schedule."""
+        return int(self.num_inference_steps / self.strength)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the final images, after the crop."""
+        return self.width - 8 * self.crop[0], self.height - 8 * self.crop[1]
+
+
+@dataclass(frozen=True)
+class DetailerPlan:
+    """One ADetailer unit, in diffusers' terms: detect → masks → inpaint each mask (only masked or whole)."""
+
+    model: str  # a detector in the models folder's adetailer/ directory
+    model_field: str  # the request field naming it, for errors
+    confidence: float
+    mask_options: Any  # engine.detailer.masks.MaskOptions
+    prompt: str  # may hold [SEP], [PROMPT], [SKIP]; empty = the image's prompt
+    negative_prompt: str
+    strength: float
+    only_masked: bool
+    padding: int
+    mask_blur: int
+    size: tuple[int, int]  # (width, height) of the inpaint pass
+    num_inference_steps: int
+    guidance_scale: float
+    sampler: SamplerSpec
+    noise_multiplier: float = 1.0
+    clip_skip: int | None = None  # None: the request's
+    checkpoint: str | None = None  # None: the generation's
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """One txt2img request. Lists hold one entry per output image (batch_size × n_iter)."""
+
+    checkpoint: str | None
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...]
+    noise: NoiseSpec
+    batch_size: int
+    n_iter: int
+    width: int  # already floored to a multiple of 8, as A1111's latent size makes it
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    sampler: SamplerSpec
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
+    # `<lora:…>` and other extra-network tags, taken out of the positive prompts (A1111: from the first prompt).
+    extra_networks: tuple[ExtraNetworkTag, ...] = ()
+    hires: HiresPlan | None = None
+    detailers: tuple[DetailerPlan, ...] = ()
+    # A1111's extra_generation_params for the infotext, in insertion order.
+    infotext_extra: tuple[tuple[str, Any], ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    def batch(self, iteration: int) -> slice:
+        """The images generated together in iteration `iteration` (A1111's n_iter loop)."""
+        return slice(iteration * self.batch_size, (iteration + 1) * self.batch_size)

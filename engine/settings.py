@@ -1,0 +1,69 @@
+"""Worker settings, read once from the environment and passed explicitly to whoever needs them."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the worker. Build with `Settings.from_env()` or directly in tests."""
+
+    models_dir: Path = REPO_ROOT / "models"
+    # Architecture configs and tokenizers (diffusers folders without weights), one per model family.
+    configs_dir: Path | None = None
+    default_checkpoint: str | None = None
+    # "auto" picks CUDA when available; "cpu" / "cuda" / "cuda:1" force a device.
+    device: str = "auto"
+    max_steps: int = 150
+    max_pixels: int = 2048 * 2048
+    max_batch_images: int = 16
+    # Run the VAE in tiles above this many pixels; None: only when a whole decode would not fit on the GPU.
+    vae_tile_above_pixels: int | None = None
+    # Checkpoints loaded before the first request (names as in payloads); empty = the default only.
+    preload: tuple[str, ...] = ()
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def config_roots(self) -> tuple[Path, ...]:
+        """Where architecture configs are looked for: `CONFIGS_DIR`, the models folder's `configs/`, and the
+        worker's own `models/configs` (an A1111 folder on a network volume has none of its own)."""
+        candidates = (self.configs_dir, self.models_dir / "configs", REPO_ROOT / "models" / "configs")
+        return tuple(dict.fromkeys(path for path in candidates if path is not None))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS` and `PRELOAD` (comma-separated) from the environment."""
+        from engine.resources.catalog import locate_models_root
+
+        env = os.environ if env is None else env
+        settings = cls()
+        values = {
+            # MODELS_DIR, else an A1111 install on a RunPod network volume, else models/ beside the code.
+            "models_dir": locate_models_root(env, settings.models_dir),
+            "configs_dir": Path(env["CONFIGS_DIR"]) if env.get("CONFIGS_DIR") else None,
+            "default_checkpoint": env.get("DEFAULT_CHECKPOINT") or None,
+            "device": env.get("DEVICE") or None,
+            "max_steps": _int(env, "MAX_STEPS"),
+            "max_pixels": _int(env, "MAX_PIXELS"),
+            "max_batch_images": _int(env, "MAX_BATCH_IMAGES"),
+            "vae_tile_above_pixels": _int(env, "VAE_TILE_ABOVE_PIXELS"),
+            "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+        return replace(settings, **values, **overrides)
+
+
+def _int(env: Mapping[str, str], key: str) -> int | None:
+    raw = env.get(key)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {key} must be an integer, got {raw!r}") from None

@@ -1,0 +1,86 @@
+"""The A1111 `/sdapi/v1/txt2img` request: every field A1111 v1.10 accepts, with its API defaults."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.wire.validation import parse_model
+
+
+class Txt2ImgRequest(BaseModel):
+    """Field names and defaults mirror A1111's generated API model (`StableDiffusionProcessingTxt2Img`).
+
+    Every field is optional and `null` means "default", as in A1111. Defaults are the *API* ones,
+    which differ from the web UI's: steps 50, sampler Euler (via `sampler_index`), denoising None.
+    Unknown keys are kept (`model_extra`) so the response can list them as ignored.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | list[str] | None = ""
+    negative_prompt: str | list[str] | None = ""
+    styles: list[str] | None = None
+    seed: int | None = -1
+    subseed: int | None = -1
+    subseed_strength: float | None = 0.0
+    seed_resize_from_h: int | None = -1
+    seed_resize_from_w: int | None = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int | None = 1
+    n_iter: int | None = 1
+    steps: int | None = 50
+    cfg_scale: float | None = 7.0
+    width: int | None = 512
+    height: int | None = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool | None = False
+    do_not_save_grid: bool | None = False
+    eta: float | None = None
+    denoising_strength: float | None = None
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool | None = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool | None = False
+    firstphase_width: int | None = 0
+    firstphase_height: int | None = 0
+    hr_scale: float | None = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = 0
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = ""
+    hr_negative_prompt: str | None = ""
+    force_task_id: str | None = None
+    sampler_index: str | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] | None = []  # noqa: RUF012 - pydantic copies defaults per instance
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = {}  # noqa: RUF012
+    infotext: str | None = None
+
+    @classmethod
+    def parse(cls, payload: Any) -> "Txt2ImgRequest":
+        return parse_model(cls, payload, "txt2img payload")
+
+    def ignored_fields(self) -> list[str]:
+        """Top-level keys A1111 does not know; accepted and reported, never used."""
+        return sorted(self.model_extra or {})
+
+    def parameters(self) -> dict[str, Any]:
+        """The request echoed with defaults filled, as A1111's response `parameters` (`vars(request)`)."""
+        return self.model_dump(exclude=set(self.model_extra or {}))
