@@ -1,0 +1,111 @@
+"""The UNet behind classifier-free guidance, as A1111's CFGDenoiser runs it (composable `AND` prompts included)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+# For each image of the batch: the cond rows that guide it, each with its `AND` weight (A1111 `conds_list`).
+Composition = tuple[tuple[tuple[int, float], ...], ...]
+
+
+@dataclass(frozen=True)
+class StepConditioning:
+    """What the UNet is conditioned on at one model call, for the whole batch.
+
+    `cond` holds one row per image, or with `composition` one row per `AND` sub-prompt of each image;
+    `uncond` one row per image. `added` holds SDXL's extra inputs (`text_embeds` = pooled, `time_ids`),
+    keyed as diffusers' UNet wants, with the same rows as the tensor they go with.
+    """
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    cond_added: dict[str, torch.Tensor] | None = None
+    uncond_added: dict[str, torch.Tensor] | None = None
+    composition: Composition | None = None  # None: cond row i guides image i with weight 1
+
+    def rows(self) -> Composition:
+        """The composition, spelled out when it is the plain one row per image."""
+        if self.composition is not None:
+            return self.composition
+        return tuple(((image, 1.0),) for image in range(self.uncond.shape[0]))
+
+
+# call index (A1111 counts every model call, second-order samplers included) → conditioning
+ConditioningAt = Callable[[int], StepConditioning]
+
+
+def constant(conditioning: StepConditioning) -> ConditioningAt:
+    return lambda call_index: conditioning
+
+
+class GuidedUNet:
+    """eps(x, t) = uncond + Σᵢ wᵢ · scale · (condᵢ − uncond), the UNet run in its own dtype, the result in fp32.
+
+    Without `AND` this is the usual uncond + scale · (cond − uncond).
+    """
+
+    def __init__(self, unet, guidance_scale: float, conditioning_at: ConditioningAt):
+        self.unet = unet
+        self.guidance_scale = guidance_scale
+        self.conditioning_at = conditioning_at
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, call_index: int) -> torch.Tensor:
+        conditioning = self.conditioning_at(call_index)
+        composition = conditioning.rows()
+        plain = _is_plain(composition)
+        if self.guidance_scale == 1.0 and plain:
+            return self._unet(x, t, conditioning.cond, conditioning.cond_added)
+        # Each cond row sees its image's latent (A1111 repeats x once per sub-prompt, then x for the uncond).
+        x_rows = x if plain else x[[image for image, rows in enumerate(composition) for _ in rows]]
+        if conditioning.cond.shape[1] == conditioning.uncond.shape[1]:
+            # One batch of [cond rows, uncond rows], as A1111 orders it.
+            both = self._unet(
+                torch.cat([x_rows, x]),
+                t,
+                torch.cat([conditioning.cond, conditioning.uncond]),
+                _cat_added(conditioning.cond_added, conditioning.uncond_added),
+            )
+            cond_eps, uncond_eps = both[: len(x_rows)], both[len(x_rows) :]
+        else:
+            # Prompts of different token counts cannot share a batch: A1111 runs separate passes.
+            cond_eps = self._unet(x_rows, t, conditioning.cond, conditioning.cond_added)
+            uncond_eps = self._unet(x, t, conditioning.uncond, conditioning.uncond_added)
+        if plain:
+            return uncond_eps + self.guidance_scale * (cond_eps - uncond_eps)
+        return _compose(cond_eps, uncond_eps, composition, self.guidance_scale)
+
+    def _unet(self, x, t, context, added) -> torch.Tensor:
+        self.calls += 1
+        dtype = self.unet.dtype
+        added = {k: v.to(dtype) for k, v in added.items()} if added else None
+        eps = self.unet(
+            x.to(dtype),
+            t,
+            encoder_hidden_states=context.to(dtype),
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        return eps.float()
+
+
+def _is_plain(composition: Composition) -> bool:
+    return all(rows == ((image, 1.0),) for image, rows in enumerate(composition))
+
+
+def _compose(cond_eps: torch.Tensor, uncond_eps: torch.Tensor, composition: Composition, scale: float):
+    """A1111 `CFGDenoiser.combine_denoised`, term by term in its order (here on epsilon, which the
+    denoised prediction depends on linearly)."""
+    guided = uncond_eps.clone()
+    for image, rows in enumerate(composition):
+        for row, weight in rows:
+            guided[image] += (cond_eps[row] - uncond_eps[image]) * (weight * scale)
+    return guided
+
+
+def _cat_added(first, second):
+    if first is None:
+        return None
+    return {key: torch.cat([first[key], second[key]]) for key in first}
