@@ -1,0 +1,316 @@
+"""Fetch the default models, architecture configs and tokenizers into an A1111-layout models folder.
+
+Run at image build time (see the Dockerfile) or once on a pod to fill a network volume:
+
+    python download_models.py                      # the default set into $MODELS_DIR or ./models
+    python download_models.py --list               # the manifest, with sizes and what is present
+    python download_models.py --only sdxl,instantid --models /runpod-volume/models
+
+Each file is downloaded into `<models>/.downloads/` and renamed into place only once its size and sha256
+(where known) check out, so a file at its destination is always complete. The worker never downloads.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+STAGING_DIR = ".downloads"
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+# The maintained copy of runwayml/stable-diffusion-v1-5 (taken down in 2024), same files.
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+ADETAILER_REPO = "Bingsu/adetailer"
+ADETAILER_REVISION = "53cc19de382014514d9d4038601d261a7faa9b7b"  # the pickles re-saved without dill (2024-11)
+# The five ONNX files of insightface's antelopev2 pack, loose (insightface's own zip nests them one folder too
+# deep); the same source sd-webui-controlnet's `install_antelopev2` downloads from.
+ANTELOPE_REPO = "DIAMONIK7777/antelopev2"
+ANTELOPE_REVISION = "ba0c3e10f4548361eb9a63265d87ce1140ab5a05"
+ANTELOPE_DIR = "insightface/models/antelopev2"
+INSTANTID_REPO = "InstantX/InstantID"
+# RealESRGAN_x4plus.pth from xinntao's GitHub release v0.1.0, mirrored on the Hub.
+UPSCALER_REPO = "lllyasviel/Annotators"
+
+# What `StableDiffusionPipeline.from_single_file(path, config=<folder>, local_files_only=True)` reads from a
+# diffusers pipeline folder: model_index.json, every model's config.json, the scheduler config and the CLIP
+# tokenizer files. The safety checker and feature extractor are not loaded (the loader passes None).
+TOKENIZER_FILES = ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
+SD15_CONFIG_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    *(f"tokenizer/{name}" for name in TOKENIZER_FILES),
+    "unet/config.json",
+    "vae/config.json",
+)
+SDXL_CONFIG_FILES = (
+    *SD15_CONFIG_FILES,
+    "text_encoder_2/config.json",
+    *(f"tokenizer_2/{name}" for name in TOKENIZER_FILES),
+)
+
+
+class DownloadError(Exception):
+    """A download that cannot complete; its str() is one line for the console."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file: where it comes from on the Hub and where it goes under the models folder."""
+
+    name: str
+    kind: str
+    repo_id: str
+    filename: str  # path inside the repo
+    dest: str  # path relative to the models folder, in A1111's layout
+    size: int | None = None  # bytes, when known
+    sha256: str | None = None  # when known; checked before the file is put in place
+    default: bool = True
+    groups: tuple[str, ...] = ()
+    revision: str | None = None  # a commit, for files whose bytes changed upstream; None = main
+
+
+def _config_items(family: str, repo_id: str, files: Iterable[str]) -> list[Item]:
+    return [
+        Item(f"{family}-config/{path}", "config", repo_id, path, f"configs/{family}/{path}",
+             groups=(family, f"{family}-config", "configs"))
+        for path in files
+    ]
+
+
+MANIFEST: tuple[Item, ...] = (
+    Item("sd15-checkpoint", "checkpoint", SD15_REPO, "v1-5-pruned-emaonly.safetensors",
+         "Stable-diffusion/v1-5-pruned-emaonly.safetensors", 4_265_146_304,
+         "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa", groups=("sd15",)),
+    *_config_items("sd15", SD15_REPO, SD15_CONFIG_FILES),
+    Item("sdxl-checkpoint", "checkpoint", SDXL_REPO, "sd_xl_base_1.0.safetensors",
+         "Stable-diffusion/sd_xl_base_1.0.safetensors", 6_938_078_334,
+         "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b", groups=("sdxl",)),
+    *_config_items("sdxl", SDXL_REPO, SDXL_CONFIG_FILES),
+    Item("face_yolov8n", "detector", ADETAILER_REPO, "face_yolov8n.pt", "adetailer/face_yolov8n.pt",
+         6_230_011,
+         "70b640f8f60b1cf0dcc72f30caf3da9495eb2fb6509da48c53374ad6806e6a9c", groups=("adetailer",),
+         revision=ADETAILER_REVISION),
+    Item("RealESRGAN_x4plus", "upscaler", UPSCALER_REPO, "RealESRGAN_x4plus.pth",
+         "RealESRGAN/RealESRGAN_x4plus.pth", 67_040_989,
+         "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", groups=("upscalers",)),
+    # InstantID needs only the detector (face box + 5 keypoints) and the recogniser (the identity embedding).
+    Item("antelopev2-detection", "insightface", ANTELOPE_REPO, "scrfd_10g_bnkps.onnx",
+         f"{ANTELOPE_DIR}/scrfd_10g_bnkps.onnx", 16_923_827,
+         "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+         groups=("antelopev2", "instantid"), revision=ANTELOPE_REVISION),
+    Item("antelopev2-recognition", "insightface", ANTELOPE_REPO, "glintr100.onnx",
+         f"{ANTELOPE_DIR}/glintr100.onnx", None,
+         "4ab1d6435d639628a6f3e5008dd4f929edf4c4124b1a7169e1048f9fef534cdf",
+         groups=("antelopev2", "instantid"), revision=ANTELOPE_REVISION),
+    *(Item(f"antelopev2-{task}", "insightface", ANTELOPE_REPO, file, f"{ANTELOPE_DIR}/{file}", default=False,
+           groups=("antelopev2",), revision=ANTELOPE_REVISION)
+      for task, file in (("landmark_3d_68", "1k3d68.onnx"), ("landmark_2d_106", "2d106det.onnx"),
+                         ("genderage", "genderage.onnx"))),
+    # sd-webui-controlnet recognises both InstantID models by "instant_id" in their file names: names matter.
+    Item("instantid-ip-adapter", "ip-adapter", INSTANTID_REPO, "ip-adapter.bin",
+         "ControlNet/ip-adapter_instant_id_sdxl.bin", 1_691_134_141,
+         "02b3618e36d803784166660520098089a81388e61a93ef8002aa79a5b1c546e1", groups=("instantid",)),
+    Item("instantid-controlnet", "controlnet", INSTANTID_REPO,
+         "ControlNetModel/diffusion_pytorch_model.safetensors",
+         "ControlNet/control_instant_id_sdxl.safetensors", 2_502_139_136,
+         "c8127be9f174101ebdafee9964d856b49b634435cf6daa396d3f593cf0bbbb05", groups=("instantid",)),
+    # The IdentityNet weights are in diffusers' key format, which `from_single_file` cannot read: building the
+    # ControlNetModel offline needs its config.json.
+    Item("instantid-controlnet-config", "config", INSTANTID_REPO, "ControlNetModel/config.json",
+         "configs/instantid-controlnet/config.json", groups=("instantid", "configs")),
+)
+
+Fetch = Callable[[Item, Path], Path]
+# Selectors that are not item or group names.
+KEYWORDS: dict[str, Callable[[Item], bool]] = {
+    "default": lambda item: item.default,
+    "all": lambda item: True,
+    "none": lambda item: False,
+}
+
+
+def fetch_from_hub(item: Item, staging: Path) -> Path:
+    """The only network access: download `item` into `staging` and return the downloaded file.
+
+    huggingface_hub retries and resumes after transient errors, reads `HF_TOKEN`, and reuses a complete
+    file already in `staging` (with its `.cache/huggingface` metadata) instead of downloading it again.
+    """
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(item.repo_id, item.filename, revision=item.revision, local_dir=staging,
+                           token=os.environ.get("HF_TOKEN") or None)
+    return Path(path)
+
+
+def status(item: Item, root: Path) -> str:
+    """"present" (complete), "incomplete" (a file of the wrong size) or "missing"."""
+    path = root / item.dest
+    if not path.is_file():
+        return "missing"
+    if item.size is not None and path.stat().st_size != item.size:
+        return "incomplete"
+    return "present"
+
+
+def select(items: Sequence[Item], only: str | None) -> list[Item]:
+    """The items named by `only` ("a,b": item names, group names, or default/all/none), in manifest order."""
+    tokens = ["default"] if only is None else [token.strip() for token in only.split(",") if token.strip()]
+    if not tokens:
+        raise DownloadError(f"--only needs at least one name; valid: {', '.join(valid_names(items))}")
+    chosen: set[str] = set()
+    unknown = []
+    for token in tokens:
+        if token in KEYWORDS:
+            chosen.update(item.name for item in items if KEYWORDS[token](item))
+            continue
+        matches = {item.name for item in items if token == item.name or token in item.groups}
+        if not matches:
+            unknown.append(token)
+        chosen |= matches
+    if unknown:
+        raise DownloadError(f"unknown name(s) {', '.join(unknown)}; valid: {', '.join(valid_names(items))}")
+    return [item for item in items if item.name in chosen]
+
+
+def valid_names(items: Sequence[Item]) -> list[str]:
+    """Keywords, group names, then item names (config files are listed by their group, not one by one)."""
+    groups = dict.fromkeys(group for item in items for group in item.groups)
+    singles = [item.name for item in items if item.kind != "config" and item.name not in groups]
+    return [*KEYWORDS, *groups, *singles]
+
+
+def download(items: Sequence[Item], root: Path, fetch: Fetch = fetch_from_hub) -> int:
+    """Put every item that is not already complete in place; return how many were fetched.
+
+    Raises:
+        DownloadError: on the first item that cannot be fetched or fails its size or checksum check.
+    """
+    fetched = 0
+    for number, item in enumerate(items, 1):
+        prefix = f"[{number}/{len(items)}] {item.name}"
+        state = status(item, root)
+        if state == "present":
+            print(f"{prefix}: present, skipped")
+            continue
+        print(f"{prefix}: {state}, fetching {item.repo_id}:{item.filename} ({format_size(item.size)})")
+        install(item, root, fetch)
+        fetched += 1
+    # Everything is in place: the staging area holds only hub metadata now.
+    shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
+    return fetched
+
+
+def install(item: Item, root: Path, fetch: Fetch) -> Path:
+    """Fetch one item into the staging area, check it, then rename it into place (atomic on a filesystem)."""
+    staging = root / STAGING_DIR / item.repo_id.replace("/", "--")
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staged = Path(fetch(item, staging))
+    except Exception as exc:
+        # The image sets HF_HUB_OFFLINE=1 for run time; running this script under it cannot work.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        raise DownloadError(
+            f"{item.name}: cannot fetch {item.repo_id}:{item.filename}: {_one_line(exc)}{hint}"
+        ) from exc
+    try:
+        verify(item, staged)
+    except DownloadError:
+        staged.unlink(missing_ok=True)  # never offer a bad file again, not even to a later run
+        raise
+    dest = root / item.dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, dest)
+    return dest
+
+
+def verify(item: Item, path: Path) -> None:
+    """Check the size and sha256 a downloaded file must have, where the manifest knows them."""
+    size = path.stat().st_size
+    if item.size is not None and size != item.size:
+        raise DownloadError(f"{item.name}: {item.filename} has {size} bytes, expected {item.size}; discarded")
+    if item.sha256 is None:
+        return
+    print(f"  checking sha256 of {item.filename}")
+    digest = sha256_of(path)
+    if digest != item.sha256:
+        raise DownloadError(f"{item.name}: sha256 mismatch for {item.filename}: got {digest}, "
+                            f"expected {item.sha256}; discarded")
+
+
+def sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def format_size(size: int | None) -> str:
+    """Decimal units, as the Hub shows them: 6938078334 -> "6.9 GB"; None -> "size unknown"."""
+    if size is None:
+        return "size unknown"
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def render_table(items: Sequence[Item], root: Path) -> str:
+    """The manifest as a table: name, default set, size, status, source and destination."""
+    header = ("NAME", "DEFAULT", "SIZE", "STATUS", "SOURCE -> DESTINATION")
+    rows = [(item.name, "yes" if item.default else "", format_size(item.size) if item.size else "?",
+             status(item, root), f"{item.repo_id}:{item.filename} -> {item.dest}") for item in items]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+             for row in (header, *rows)]
+    known = sum(item.size or 0 for item in items)
+    lines.append(f"models folder: {root}; {len(items)} files, {format_size(known)} of known sizes")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_root = Path(os.environ.get("MODELS_DIR") or SCRIPT_DIR / "models")
+    parser.add_argument("--models", type=Path, default=default_root,
+                        help="the models folder (default: $MODELS_DIR, else models/ beside this script)")
+    parser.add_argument("--only", metavar="NAME[,NAME]",
+                        help="items or groups to fetch; 'default' (the default), 'all' or 'none'")
+    parser.add_argument("--list", action="store_true",
+                        help="print the manifest and what is present; fetch nothing")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, fetch: Fetch = fetch_from_hub,
+         manifest: Sequence[Item] = MANIFEST) -> int:
+    """Command-line entry; returns the exit status (1 with a one-line error on stderr on failure)."""
+    args = parse_args(argv)
+    try:
+        # --list alone shows the whole manifest; fetching alone takes the default set.
+        items = select(manifest, "all" if args.list and args.only is None else args.only)
+        if args.list:
+            print(render_table(items, args.models))
+            return 0
+        fetched = download(items, args.models, fetch)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {fetched} fetched, {len(items) - fetched} already present, in {args.models}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""download_models.py up to the network boundary: the one fetch function is replaced by a fake hub."""
+
+import dataclasses
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("download_models", REPO_ROOT / "download_models.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+dm = load_script()
+
+# The default set in A1111's layout as the brief spells it out (not read back from the manifest).
+EXPECTED_DEFAULT_FILES = [
+    "Stable-diffusion/v1-5-pruned-emaonly.safetensors",
+    "Stable-diffusion/sd_xl_base_1.0.safetensors",
+    "adetailer/face_yolov8n.pt",
+    "RealESRGAN/RealESRGAN_x4plus.pth",
+    "insightface/models/antelopev2/scrfd_10g_bnkps.onnx",
+    "insightface/models/antelopev2/glintr100.onnx",
+    "ControlNet/ip-adapter_instant_id_sdxl.bin",
+    "ControlNet/control_instant_id_sdxl.safetensors",
+]
+TOKENIZER = ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+SD15_CONFIG = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+               *(f"tokenizer/{name}" for name in TOKENIZER), "unet/config.json", "vae/config.json"]
+SDXL_CONFIG = [*SD15_CONFIG, "text_encoder_2/config.json", *(f"tokenizer_2/{name}" for name in TOKENIZER)]
+
+
+def content_of(repo_id: str, filename: str) -> bytes:
+    """What the fake hub serves for a file: deterministic, distinct per file, a few kB."""
+    return hashlib.sha256(f"{repo_id}:{filename}".encode()).digest() * 100
+
+
+class FakeHub:
+    """Stands in for `fetch_from_hub`: writes the file into the staging folder it is given.
+
+    Like huggingface_hub with `local_dir`, it continues from a partial file already at the staging path.
+    """
+
+    def __init__(self, serve=content_of):
+        self.serve = serve
+        self.calls: list[str] = []
+        self.resumed_from: dict[str, int] = {}
+
+    def __call__(self, item, staging: Path) -> Path:
+        self.calls.append(item.name)
+        data = self.serve(item.repo_id, item.filename)
+        path = staging / item.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = path.read_bytes() if path.exists() else b""
+        if existing and data.startswith(existing):
+            self.resumed_from[item.name] = len(existing)
+            path.write_bytes(existing + data[len(existing):])
+        else:
+            path.write_bytes(data)
+        return path
+
+
+def unverified(manifest):
+    """The real manifest without sizes and checksums, which the fake hub's bytes cannot match."""
+    return [dataclasses.replace(item, size=None, sha256=None) for item in manifest]
+
+
+def small_item(name="alpha", **changes):
+    data = content_of("org/repo", f"{name}.pt")
+    fields = {"name": name, "kind": "detector", "repo_id": "org/repo", "filename": f"{name}.pt",
+              "dest": f"adetailer/{name}.pt", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return dm.Item(**{**fields, **changes})
+
+
+def run(root: Path, *args: str, fetch=None, manifest=None) -> int:
+    return dm.main(["--models", str(root), *args], fetch=fetch or FakeHub(), manifest=manifest or dm.MANIFEST)
+
+
+def no_network(item, staging):
+    raise AssertionError(f"fetch called for {item.name}")
+
+
+def test_manifest_rows_are_unique_relative_and_plausible():
+    names = [item.name for item in dm.MANIFEST]
+    dests = [item.dest for item in dm.MANIFEST]
+    assert len(set(names)) == len(names)
+    assert len(set(dests)) == len(dests)
+    for item in dm.MANIFEST:
+        assert not Path(item.dest).is_absolute()
+        assert ".." not in Path(item.dest).parts
+        assert item.repo_id.count("/") == 1
+        assert item.sha256 is None or (len(item.sha256) == 64 and int(item.sha256, 16) >= 0)
+        assert item.size is None or item.size > 0
+        assert item.revision is None or len(item.revision) == 40
+
+
+def test_default_set_fills_the_a1111_layout(tmp_path):
+    hub = FakeHub()
+    assert run(tmp_path, fetch=hub, manifest=unverified(dm.MANIFEST)) == 0
+
+    expected = [*EXPECTED_DEFAULT_FILES, *(f"configs/sd15/{f}" for f in SD15_CONFIG),
+                *(f"configs/sdxl/{f}" for f in SDXL_CONFIG)]
+    for relative in expected:
+        assert (tmp_path / relative).is_file(), relative
+    # The right source landed at each place (the fake serves distinct bytes per repo file).
+    assert (tmp_path / "ControlNet/control_instant_id_sdxl.safetensors").read_bytes() == content_of(
+        "InstantX/InstantID", "ControlNetModel/diffusion_pytorch_model.safetensors")
+    assert (tmp_path / "configs/sdxl/tokenizer_2/vocab.json").read_bytes() == content_of(
+        "stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2/vocab.json")
+    # Only default rows were fetched, each once, and the staging area is gone.
+    assert sorted(hub.calls) == sorted(item.name for item in dm.MANIFEST if item.default)
+    assert not (tmp_path / dm.STAGING_DIR).exists()
+
+
+def test_catalog_finds_what_was_downloaded(tmp_path):
+    from engine.resources.catalog import ModelCatalog
+
+    assert run(tmp_path, manifest=unverified(dm.MANIFEST)) == 0
+    catalog = ModelCatalog(tmp_path)
+    assert {entry.name for entry in catalog.checkpoints()} == {
+        "v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"}
+    assert catalog.find_file("adetailer", "face_yolov8n.pt").path == tmp_path / "adetailer/face_yolov8n.pt"
+    assert catalog.find_file("realesrgan", "RealESRGAN_x4plus").path.name == "RealESRGAN_x4plus.pth"
+    assert {entry.name for entry in catalog.controlnets()} == {
+        "ip-adapter_instant_id_sdxl", "control_instant_id_sdxl"}
+    assert [entry.name for entry in catalog.entries("insightface")] == ["models/antelopev2"]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_config_folders_hold_what_the_demo_config_folder_holds(family, tmp_path):
+    # The demo's config folders are proven loadable by from_single_file(config=..., local_files_only=True).
+    from engine.demo.tiny import tiny_components, write_config_folder
+
+    folder = write_config_folder(tiny_components(family), tmp_path / family)
+    needed = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    fetched = {item.filename for item in dm.MANIFEST if f"{family}-config" in item.groups}
+    assert fetched == needed
+
+
+def test_list_shows_sizes_and_presence_without_fetching(tmp_path, capsys):
+    assert run(tmp_path, "--list", fetch=no_network) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "6.9 GB" in rows["sdxl-checkpoint"]  # 6 938 078 334 bytes
+    assert "missing" in rows["sdxl-checkpoint"]
+    assert "antelopev2-genderage" in rows  # non-default rows are listed too
+
+    manifest = [small_item("alpha"), small_item("beta")]
+    assert run(tmp_path, "--only", "alpha", manifest=manifest) == 0
+    capsys.readouterr()
+    assert run(tmp_path, "--list", fetch=no_network, manifest=manifest) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert " present " in rows["alpha"]
+    assert " missing " in rows["beta"]
+
+
+def test_only_accepts_item_and_group_names(tmp_path):
+    hub = FakeHub()
+    assert run(tmp_path, "--only", "face_yolov8n, sd15", fetch=hub, manifest=unverified(dm.MANIFEST)) == 0
+    expected = ["face_yolov8n", "sd15-checkpoint", *(f"sd15-config/{f}" for f in SD15_CONFIG)]
+    assert sorted(hub.calls) == sorted(expected)
+    assert (tmp_path / "adetailer/face_yolov8n.pt").is_file()
+    assert not (tmp_path / "Stable-diffusion/sd_xl_base_1.0.safetensors").exists()
+
+
+def test_only_none_fetches_nothing(tmp_path):
+    assert run(tmp_path, "--only", "none", fetch=no_network) == 0
+
+
+def test_unknown_name_is_a_one_line_error_listing_valid_names(tmp_path, capsys):
+    assert run(tmp_path, "--only", "face_yolov8n,sdxxl", fetch=no_network) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "sdxxl" in err
+    for valid in ("default", "sdxl", "instantid", "face_yolov8n", "RealESRGAN_x4plus"):
+        assert valid in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_run_fetches_nothing(tmp_path):
+    manifest = [small_item("alpha"), small_item("beta", size=None, sha256=None)]
+    assert run(tmp_path, manifest=manifest) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    hub = FakeHub()
+    assert run(tmp_path, fetch=hub, manifest=manifest) == 0
+    assert hub.calls == []
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+
+
+def test_truncated_file_in_place_is_not_taken_for_complete(tmp_path, capsys):
+    item = small_item("alpha")
+    dest = tmp_path / item.dest
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(content_of(item.repo_id, item.filename)[:100])  # e.g. an interrupted copy
+    assert run(tmp_path, "--list", fetch=no_network, manifest=[item]) == 0
+    assert "incomplete" in capsys.readouterr().out
+
+    hub = FakeHub()
+    assert run(tmp_path, fetch=hub, manifest=[item]) == 0
+    assert hub.calls == ["alpha"]
+    assert dest.read_bytes() == content_of(item.repo_id, item.filename)
+
+
+def test_partial_download_is_resumed_and_only_then_put_in_place(tmp_path, capsys):
+    item = small_item("alpha")
+    data = content_of(item.repo_id, item.filename)
+    partial = tmp_path / dm.STAGING_DIR / "org--repo" / item.filename
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:1000])
+    assert run(tmp_path, "--list", fetch=no_network, manifest=[item]) == 0
+    assert "missing" in capsys.readouterr().out  # a partial download is not the model
+
+    hub = FakeHub()
+    assert run(tmp_path, fetch=hub, manifest=[item]) == 0
+    assert hub.resumed_from == {"alpha": 1000}  # the same staging path is offered again
+    assert (tmp_path / item.dest).read_bytes() == data
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"sha256": hashlib.sha256(b"other bytes").hexdigest()}, "sha256 mismatch"),
+    ({"size": 123}, "expected 123"),
+])
+def test_bad_download_is_a_clear_error_and_leaves_nothing_in_place(tmp_path, capsys, changes, words):
+    item = small_item("alpha", **changes)
+    assert run(tmp_path, manifest=[item]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "alpha" in err
+    assert words in err
+    assert not (tmp_path / item.dest).exists()
+    assert not any(path.is_file() for path in (tmp_path / dm.STAGING_DIR).rglob("*"))
+
+
+def test_fetch_failure_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def failing(item, staging):
+        raise ConnectionError("connection reset\nlong traceback text")
+
+    manifest = [small_item("alpha"), small_item("beta")]
+    assert run(tmp_path, fetch=failing, manifest=manifest) == 1
+    err = capsys.readouterr().err
+    assert err == "error: alpha: cannot fetch org/repo:alpha.pt: ConnectionError: connection reset\n"
+    assert not (tmp_path / "adetailer").exists()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set for run time in the image; the error says so
+    assert run(tmp_path, fetch=failing, manifest=manifest) == 1
+    assert capsys.readouterr().err.rstrip().endswith("(HF_HUB_OFFLINE is set)")
+
+
+def test_models_folder_defaults_to_env_then_beside_the_script(monkeypatch):
+    monkeypatch.setenv("MODELS_DIR", "/somewhere/models")
+    assert dm.parse_args([]).models == Path("/somewhere/models")
+    monkeypatch.delenv("MODELS_DIR")
+    assert dm.parse_args([]).models == REPO_ROOT / "models"
+
+
+def test_hub_fetch_downloads_into_staging_with_the_token(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    seen = {}
+
+    def fake_hf_hub_download(repo_id, filename, **kwargs):
+        seen.update(repo_id=repo_id, filename=filename, **kwargs)
+        path = Path(kwargs["local_dir"]) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    item = next(item for item in dm.MANIFEST if item.name == "face_yolov8n")
+    path = dm.fetch_from_hub(item, tmp_path)
+    assert path == tmp_path / "face_yolov8n.pt"
+    assert seen == {"repo_id": "Bingsu/adetailer", "filename": "face_yolov8n.pt", "revision": item.revision,
+                    "local_dir": tmp_path, "token": "hf_test"}
