@@ -1,0 +1,101 @@
+"""ADetailer's step of the recipe: detect → masks → inpaint each mask, chained, on one finished image."""
+
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+from PIL import Image
+
+from engine.detailer.masks import prepare_masks
+from engine.detailer.prompts import inpaint_steps, mask_prompts
+from engine.imaging.inpaint import latent_mask, prepare_inpaint
+from engine.passes import InitLatents, PassRequest, run_pass
+from engine.plan import DetailerPlan, NoiseSpec
+from engine.prompts.options import PassShape, PromptOptions
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetailedImage:
+    image: Image.Image
+    unet_calls: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DetailTarget:
+    """The finished image ADetailer works on, and what A1111 keeps about it (`p.all_prompts[i]`, seeds)."""
+
+    image: Image.Image
+    index: int  # position of the image in the request (for notes)
+    prompt: str
+    negative_prompt: str
+    noise: NoiseSpec  # this image's seed and subseed (one entry each)
+
+
+def detail_image(target: DetailTarget, units, prompt_options: PromptOptions, on_step=None) -> DetailedImage:
+    """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
+    `postprocess_image` with chained `process_images`). `units` pairs each DetailerPlan with its
+    (pipeline, detector)."""
+    image, calls, notes = target.image, 0, []
+    for unit, pipe, detector in units:
+        found = detector.detect(image, unit.confidence)
+        masks = prepare_masks(found, unit.mask_options)
+        if not masks:
+            notes.append(
+                f"ADetailer: {unit.model} found nothing in image {target.index + 1}; image left unchanged"
+            )
+            continue
+        seed, subseed = target.noise.seeds[0], target.noise.subseeds[0]
+        for mask_prompt in mask_prompts(
+            len(masks),
+            unit.prompt,
+            unit.negative_prompt,
+            target.prompt,
+            target.negative_prompt,
+            seed,
+            subseed,
+        ):
+            image, used = _inpaint_mask(
+                image, masks[mask_prompt.index], mask_prompt, unit, pipe, target, prompt_options, on_step
+            )
+            calls += used
+    return DetailedImage(image, calls, tuple(notes))
+
+
+def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, target, prompt_options, on_step):
+    """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j."""
+    width, height = unit.size
+    region = prepare_inpaint(
+        image,
+        mask,
+        width,
+        height,
+        mask_blur=unit.mask_blur,
+        only_masked=unit.only_masked,
+        padding=unit.padding,
+    )
+    # A1111 samples the VAE posterior with the global RNG, last seeded with this pass's seed.
+    init = pipe.encode_images([region.init_image], torch.Generator("cpu").manual_seed(int(mask_prompt.seed)))
+    repaint = torch.from_numpy(latent_mask(region.mask, width // 8, height // 8))[None, None].to(init.device)
+    steps_total, steps_run = inpaint_steps(unit.num_inference_steps, unit.strength)
+    options = prompt_options if unit.clip_skip is None else replace(prompt_options, clip_skip=unit.clip_skip)
+    request = PassRequest(
+        prompts=[mask_prompt.prompt],
+        negative_prompts=[mask_prompt.negative_prompt],
+        width=width,
+        height=height,
+        sampler=unit.sampler,
+        steps_total=steps_total,
+        steps_run=steps_run,
+        guidance_scale=unit.guidance_scale,
+        prompt_options=options,
+        shape=PassShape(height, width, steps_total, unit.sampler.choice.second_order),
+        noise_multiplier=unit.noise_multiplier,
+    )
+    noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
+    result = run_pass(pipe, request, noise, InitLatents(init, repaint), on_step)
+    decoded = pipe.decode_to_images(result.latents)[0]
+    return region.paste_back(decoded), result.unet_calls
