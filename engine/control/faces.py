@@ -1,0 +1,97 @@
+"""Face analysis for InstantID: insightface's `FaceAnalysis` on the antelopev2 pack from the models folder.
+
+Only the detector (SCRFD: box + 5 keypoints) and the recogniser (glintr100 ArcFace: the 512-d identity) run.
+Nothing is downloaded: insightface fetches a pack only when given a name that is not a folder, and we always
+give it the folder.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import NotFoundError, RequestError
+
+
+logger = logging.getLogger(__name__)
+
+PACK_NAME = "antelopev2"
+PACK_FOLDER = Path("insightface") / "models" / PACK_NAME
+# insightface's own antelopev2.zip holds a top-level antelopev2/ folder, so unpacking it where insightface
+# expects the files leaves them one level too deep (insightface issues #1525, #2702): accept both.
+PACK_CANDIDATES = (PACK_FOLDER, PACK_FOLDER / PACK_NAME)
+NEEDED_TASKS = ("detection", "recognition")
+DETECTION_SIZE = (640, 640)  # InstantID and sd-webui-controlnet: `prepare(det_size=(640, 640))`
+# onnxruntime's CUDA provider on a GPU (CPU for what it cannot run), the CPU provider otherwise.
+PROVIDERS = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": ["CPUExecutionProvider"]}
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face: box (x1, y1, x2, y2) and keypoints (5, 2) in the analysed image's pixels, SCRFD's score, and
+    the raw ArcFace embedding (512,), not normalised (InstantID's Resampler was trained on the raw vector)."""
+
+    bbox: np.ndarray
+    keypoints: np.ndarray
+    score: float
+    embedding: np.ndarray
+
+    @property
+    def area(self) -> float:
+        x1, y1, x2, y2 = (float(v) for v in self.bbox[:4])
+        return (x2 - x1) * (y2 - y1)
+
+
+def find_antelopev2(models_root: Path) -> Path:
+    """The folder holding the antelopev2 ONNX files under `models_root` (flat or nested one level).
+
+    Raises:
+        NotFoundError: neither folder holds ONNX files.
+    """
+    for relative in PACK_CANDIDATES:
+        folder = Path(models_root) / relative
+        if folder.is_dir() and any(folder.glob("*.onnx")):
+            return folder
+    searched = ", ".join(str(Path(models_root) / relative) for relative in PACK_CANDIDATES)
+    raise NotFoundError("insightface", f"no {PACK_NAME} face models (scrfd_10g_bnkps.onnx, glintr100.onnx) in "
+                                       f"{searched}; run download_models.py --only instantid")
+
+
+class FaceAnalyser:
+    """insightface `FaceAnalysis` over one pack folder, prepared once; `largest_face` picks the face to use."""
+
+    def __init__(self, pack: Path, device_type: str = "cpu"):
+        from insightface.app import FaceAnalysis  # deferred: insightface imports onnx, scikit-image, cv2
+
+        providers = PROVIDERS["cuda" if device_type == "cuda" else "cpu"]
+        self.pack = Path(pack)
+        self._app = FaceAnalysis(name=str(self.pack), providers=providers, allowed_modules=list(NEEDED_TASKS))
+        missing = [task for task in NEEDED_TASKS if task not in self._app.models]
+        if missing:
+            raise NotFoundError("insightface", f"{self.pack} has no {' or '.join(missing)} model "
+                                               "(InstantID needs scrfd_10g_bnkps.onnx and glintr100.onnx)")
+        # ctx_id < 0 makes insightface drop to the CPU provider.
+        self._app.prepare(ctx_id=0 if device_type == "cuda" else -1, det_size=DETECTION_SIZE)
+        logger.info("face analysis: %s with %s", self.pack, providers[0])
+
+    def faces(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """Every face on an RGB uint8 image (insightface wants BGR: converted here)."""
+        found = self._app.get(np.ascontiguousarray(rgb[:, :, ::-1]))
+        return [DetectedFace(np.asarray(face.bbox, dtype=np.float32), np.asarray(face.kps, dtype=np.float32),
+                             float(face.det_score), np.asarray(face.embedding, dtype=np.float32))
+                for face in found]
+
+    def largest_face(self, rgb: np.ndarray, field: str) -> DetectedFace:
+        """The face with the largest box area, as InstantID and sd-webui-controlnet choose (Forge's embedding
+        path takes the highest score instead).
+
+        Raises:
+            RequestError: no face on the image, naming `field`.
+        """
+        faces = self.faces(rgb)
+        if not faces:
+            raise RequestError(field, "no face found in the image (InstantID needs a clearly visible face)")
+        if len(faces) > 1:
+            logger.info("%d faces found; using the largest", len(faces))
+        return max(faces, key=lambda face: face.area)

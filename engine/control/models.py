@@ -1,0 +1,158 @@
+"""Loading ControlNets, InstantID's IP-Adapter weights and the face analyser from the models folder, offline,
+each file once (kept in small LRU caches the engine owns)."""
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from engine.control.faces import FaceAnalyser, find_antelopev2
+from engine.errors import NotFoundError, UnsupportedError
+from engine.resources.cache import ResidentCache
+
+
+logger = logging.getLogger(__name__)
+
+CONTROLNET_CLASS = "ControlNetModel"
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")
+
+
+class ControlModels:
+    """The control models a request needs, loaded on first use straight to the device and dtype."""
+
+    def __init__(self, models_root: Path, config_roots: Sequence[Path], device: torch.device,
+                 dtype: torch.dtype, capacity: int = 2):
+        self.models_root = Path(models_root)
+        self.config_roots = tuple(Path(root) for root in config_roots)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._controlnets = ResidentCache(self._load_controlnet, capacity)
+        self._ip_adapters = ResidentCache(self._load_ip_adapter, 1)
+        self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 1)
+
+    def controlnet(self, path: Path):
+        """A `ControlNetModel` from a single file (LDM or diffusers keys) or a diffusers folder, in eval mode."""
+        return self._controlnets.get(Path(path))
+
+    def ip_adapter(self, path: Path) -> dict[str, dict[str, torch.Tensor]]:
+        """An IP-Adapter state dict {"image_proj": ..., "ip_adapter": ...} on the device, in the dtype."""
+        return self._ip_adapters.get(Path(path))
+
+    def face_analyser(self) -> FaceAnalyser:
+        return self._face_analysers.get(find_antelopev2(self.models_root))
+
+    def _load_controlnet(self, path: Path):
+        from diffusers import ControlNetModel  # deferred: importing diffusers models costs seconds
+
+        common = {"torch_dtype": self.dtype, "local_files_only": True}
+        if path.is_dir():
+            model = ControlNetModel.from_pretrained(path, **common)
+        else:
+            config = find_controlnet_config(path, self.config_roots)
+            logger.info("loading ControlNet %s with the config in %s", path.name, config)
+            model = ControlNetModel.from_single_file(str(path), config=str(config), **common)
+        if model.device != self.device:
+            model = model.to(self.device)
+        return model.eval().requires_grad_(False)
+
+    def _load_ip_adapter(self, path: Path) -> dict[str, dict[str, torch.Tensor]]:
+        weights = read_ip_adapter(path)
+        return {part: {key: tensor.to(self.device, self.dtype) for key, tensor in weights[part].items()}
+                for part in IP_ADAPTER_PARTS}
+
+
+def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` file or a tensor-only pickle (never arbitrary objects). With `mmap`, a
+    pickle's tensors stay on disk until read (for looking at names and shapes)."""
+    if path.is_dir():
+        raise UnsupportedError("controlnet.model", f"{path.name} is a folder; expected a weights file")
+    if path.suffix.lower() == ".safetensors":
+        return load_file(str(path))
+    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else loaded
+
+
+def read_ip_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """InstantID's `ip-adapter.bin` ({"image_proj": Resampler, "ip_adapter": to_k_ip/to_v_ip per cross-attention})
+    or the same flattened into a safetensors file ("image_proj.latents", ...), as diffusers' loader reads them.
+
+    Raises:
+        UnsupportedError: another IP-Adapter family (only the Resampler layout InstantID uses is supported).
+    """
+    loaded = read_state_dict(path)
+    if not all(part in loaded for part in IP_ADAPTER_PARTS):
+        loaded = {part: {key.removeprefix(f"{part}."): tensor for key, tensor in loaded.items()
+                         if key.startswith(f"{part}.")} for part in IP_ADAPTER_PARTS}
+    if not loaded["ip_adapter"] or "latents" not in loaded["image_proj"]:
+        raise UnsupportedError("controlnet.model", f"{path.name} is not an InstantID IP-Adapter (no Resampler "
+                                                   "'image_proj.latents'); only InstantID's is supported")
+    return loaded
+
+
+def find_controlnet_config(path: Path, config_roots: Sequence[Path]) -> Path:
+    """The config folder (`<root>/<name>/config.json` of a ControlNetModel) whose architecture has exactly the
+    weights of `path`, after diffusers' LDM → diffusers key conversion where the file uses LDM keys.
+
+    Raises:
+        NotFoundError: no config fits, listing those tried.
+    """
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    found = _weight_shapes(path)
+    if any(key.split(".", 1)[0] in IP_ADAPTER_PARTS for key in found):
+        raise UnsupportedError("controlnet.model", f"{path.name} is an IP-Adapter, not a ControlNet; use it with "
+                                                   "the 'instant_id_face_embedding' module")
+    tried = []
+    for folder in _controlnet_config_folders(config_roots):
+        config = json.loads((folder / "config.json").read_text())
+        tried.append(folder.name)
+        converted = convert_controlnet_checkpoint(dict(found), config)
+        shapes = {key: tuple(tensor.shape) for key, tensor in converted.items() if tensor is not None}
+        if shapes == _expected_shapes(folder / "config.json"):
+            return folder
+    roots = ", ".join(str(root) for root in config_roots)
+    raise NotFoundError("controlnet.model", f"no ControlNet config in {roots} fits {path.name} "
+                                            f"(tried {tried or 'none'}); run download_models.py for the configs")
+
+
+def _controlnet_config_folders(config_roots: Sequence[Path]) -> list[Path]:
+    folders = []
+    for root in config_roots:
+        for config in sorted(Path(root).glob("*/config.json")):
+            try:
+                if json.loads(config.read_text()).get("_class_name") == CONTROLNET_CLASS:
+                    folders.append(config.parent)
+            except (OSError, ValueError) as exc:
+                logger.warning("skipping unreadable config %s: %s", config, exc)
+    return folders
+
+
+def _weight_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors as empty meta tensors (names and shapes only; safetensors reads just the header)."""
+    if path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: torch.empty(handle.get_slice(key).get_shape(), device="meta") for key in handle.keys()}  # noqa: SIM118
+    return {key: torch.empty(tensor.shape, device="meta") for key, tensor in _flat(read_state_dict(path, mmap=True))}
+
+
+def _flat(tree: Mapping, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Nested dicts of tensors (an IP-Adapter pickle) as dotted names."""
+    items = []
+    for key, value in tree.items():
+        items += _flat(value, f"{prefix}{key}.") if isinstance(value, Mapping) else [(prefix + key, value)]
+    return items
+
+
+def _expected_shapes(config_file: Path) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of the ControlNetModel a config describes, built on the meta device (no memory, no init)."""
+    from diffusers import ControlNetModel
+
+    config = json.loads(config_file.read_text())
+    with torch.device("meta"):
+        model = ControlNetModel.from_config(config)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}

@@ -1,0 +1,181 @@
+"""One denoising pass's control stack: at each UNet call, the summed ControlNet residuals (guidance windows,
+weights, control-mode scales) and the IP-Adapter image embeddings, for whatever rows the call batches.
+
+The scales and windows are sd-webui-controlnet's (`hook.py`): residual i of a unit is multiplied by its weight,
+and in the soft modes by 0.825^(12 − i) (SDXL's 9 down residuals + mid take the first 10 factors, SD1.5's 12 + mid
+all 13); "ControlNet is more important" also gives the uncond rows no control at all.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.control.instantid import EMBEDDING_SIZE, FaceTokens, InstalledAdapter
+
+
+SOFT_BASE = 0.825
+SOFT_TOP = 12
+
+
+def soft_scales(count: int) -> tuple[float, ...]:
+    """sd-webui-controlnet's soft-injection factors for `count` residuals, down blocks first, mid last."""
+    return tuple(SOFT_BASE ** float(SOFT_TOP - index) for index in range(count))
+
+
+@dataclass(frozen=True)
+class GuidanceClock:
+    """How far sampling is at a model call, as sd-webui-controlnet measures it for guidance windows.
+
+    It reads A1111's `state.sampling_step / state.sampling_steps`. `sampling_step` is set by the sampler's
+    per-step callback, which k-diffusion calls after the first model evaluation of each step: the first call
+    of step i still sees step i − 1 (step 0 at the start), later calls of the same step see i.
+    `steps` is the pass's sampler step count (hires fix: the steps it runs, A1111's `t_enc + 1`).
+    """
+
+    steps: int
+    calls_per_step: int = 1  # 2 for second-order samplers (Heun, DPM2, DPM++ SDE, DPM++ 2S)
+
+    def sampling_step(self, call_index: int) -> int:
+        step, call_in_step = divmod(call_index, self.calls_per_step)
+        return step if call_in_step else max(step - 1, 0)
+
+    def fraction(self, call_index: int) -> float:
+        return self.sampling_step(call_index) / self.steps
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """The rows of one UNet batch: the image each row belongs to and whether it is a cond (prompt) row."""
+
+    images: tuple[int, ...]
+    cond: tuple[bool, ...]
+
+    @classmethod
+    def cond_then_uncond(cls, cond_images: Sequence[int], images: int) -> "RowLayout":
+        """`GuidedUNet`'s batched call: the cond rows (one per sub-prompt, each naming its image), then one
+        uncond row per image."""
+        return cls(tuple(cond_images) + tuple(range(images)), (True,) * len(cond_images) + (False,) * images)
+
+    @classmethod
+    def uniform(cls, row_images: Sequence[int], cond: bool) -> "RowLayout":
+        """A call with only cond rows or only uncond rows (separate passes, or guidance scale 1)."""
+        return cls(tuple(row_images), (cond,) * len(row_images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class ControlNetPass:
+    """One ControlNet unit in one pass: the model, its hint at this pass's size and how its output is scaled."""
+
+    model: torch.nn.Module  # a diffusers ControlNetModel
+    hint: torch.Tensor  # (1, 3, height, width) in [0, 1], on the model's device and dtype
+    weight: float
+    start: float
+    end: float
+    soft: bool  # "My prompt is more important" / "ControlNet is more important" (and canny's hires pass)
+    cond_only: bool  # "ControlNet is more important": uncond rows get no control
+    face_tokens: FaceTokens | None = None  # InstantID: the ControlNet attends to these, not to the prompt
+
+    def active(self, fraction: float) -> bool:
+        return self.start <= fraction <= self.end
+
+    def scales(self, count: int) -> tuple[float, ...]:
+        factors = soft_scales(count) if self.soft else (1.0,) * count
+        return tuple(self.weight * factor for factor in factors)
+
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, added: dict | None,
+                  rows: RowLayout) -> list[torch.Tensor] | None:
+        """Down residuals then the mid residual, scaled, one row per row of `x`; None when no row gets any."""
+        chosen = [row for row, cond in enumerate(rows.cond) if cond or not self.cond_only]
+        if not chosen:
+            return None
+        index = torch.tensor(chosen, device=x.device)
+        dtype = self.model.dtype
+        if self.face_tokens is not None:
+            context = torch.cat([self.face_tokens.cond if rows.cond[row] else self.face_tokens.uncond
+                                 for row in chosen])
+        else:
+            context = context.index_select(0, index)
+        added_rows = {key: value.index_select(0, index).to(dtype) for key, value in added.items()} if added else None
+        down, mid = self.model(
+            x.index_select(0, index).to(dtype),
+            t,
+            encoder_hidden_states=context.to(dtype),
+            controlnet_cond=self.hint.expand(len(chosen), -1, -1, -1),
+            conditioning_scale=1.0,  # the per-residual scales below replace it
+            guess_mode=False,  # diffusers' guess mode scales by logspace(-1, 0), not A1111's factors
+            added_cond_kwargs=added_rows,
+            return_dict=False,
+        )
+        outputs = [*down, mid]
+        scaled = [output * scale for output, scale in zip(outputs, self.scales(len(outputs)), strict=True)]
+        if len(chosen) == len(rows):
+            return scaled
+        return [torch.zeros((len(rows), *output.shape[1:]), dtype=output.dtype, device=output.device)
+                .index_copy(0, index, output) for output in scaled]
+
+
+@dataclass(frozen=True)
+class IpAdapterPass:
+    """The IP-Adapter unit in one pass: the face embedding for the cond rows (zeros for the uncond rows),
+    its weight inside the guidance window, 0 outside it or when the unit sits this pass out."""
+
+    adapter: InstalledAdapter
+    embedding: torch.Tensor  # (512,) raw ArcFace vector
+    weight: float
+    start: float
+    end: float
+    runs: bool = True  # False when `hr_option` keeps the unit out of this pass
+
+    def scale_at(self, fraction: float) -> float:
+        return self.weight if self.runs and self.start <= fraction <= self.end else 0.0
+
+    def image_embeds(self, rows: RowLayout, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """diffusers' `added_cond_kwargs["image_embeds"]`: one (rows, 1 image, 1 token, 512) tensor."""
+        face = self.embedding.reshape(1, EMBEDDING_SIZE).to(device, dtype)
+        per_row = torch.cat([face if cond else torch.zeros_like(face) for cond in rows.cond])
+        return [per_row[:, None, None, :]]
+
+
+class ControlStack:
+    """The ControlNets and IP-Adapter of one pass. `unet_inputs` is called at each UNet call."""
+
+    def __init__(self, controlnets: Sequence[ControlNetPass], ip_adapter: IpAdapterPass | None,
+                 clock: GuidanceClock):
+        self.controlnets = tuple(controlnets)
+        self.ip_adapter = ip_adapter
+        self.clock = clock
+
+    def unet_inputs(self, x: torch.Tensor, t: torch.Tensor, call_index: int, context: torch.Tensor,
+                    added: dict | None, rows: RowLayout) -> dict:
+        """Keyword arguments for `UNet2DConditionModel.forward` beyond sample, timestep and context:
+        `added_cond_kwargs` (with the IP-Adapter's `image_embeds` when one is installed) and, when a ControlNet
+        is active at this call, `down_block_additional_residuals` / `mid_block_additional_residual`.
+
+        Args:
+            x, t, context, added: exactly what the UNet is about to get (rows as in `rows`).
+            call_index: the pass's model-call counter (the denoising loop's `call_index`).
+            rows: which image and which side of CFG each row of `x` is.
+        """
+        if len(rows) != x.shape[0]:
+            raise ValueError(f"row layout has {len(rows)} rows, the batch {x.shape[0]}")
+        fraction = self.clock.fraction(call_index)
+        inputs: dict = {"added_cond_kwargs": added}
+        if self.ip_adapter is not None:
+            self.ip_adapter.adapter.set_scale(self.ip_adapter.scale_at(fraction))
+            embeds = self.ip_adapter.image_embeds(rows, x.device, x.dtype)
+            inputs["added_cond_kwargs"] = {**(added or {}), "image_embeds": embeds}
+        total = None
+        for controlnet in self.controlnets:
+            if not controlnet.active(fraction):
+                continue
+            residuals = controlnet.residuals(x, t, context, added, rows)
+            if residuals is not None:
+                total = residuals if total is None else [a + b for a, b in zip(total, residuals, strict=True)]
+        if total is not None:
+            inputs["down_block_additional_residuals"] = tuple(r.to(x.dtype) for r in total[:-1])
+            inputs["mid_block_additional_residual"] = total[-1].to(x.dtype)
+        return inputs
