@@ -49,8 +49,26 @@ class HiresPlan:
 
     @property
     def output_size(self) -> tuple[int, int]:
-        """(width, height) of the final images, after the crop."""
-        return self.width - 8 * self.crop[0], self.height - 8 * self.crop[1]
+        """(width, height) of the final images: the latent is (size // 8) minus the crop, so pixels are
+        floored to a multiple of 8 (a 1.6× upscale of 64 px gives 96, not 102)."""
+        return (self.width // 8 - self.crop[0]) * 8, (self.height // 8 - self.crop[1]) * 8
+
+
+@dataclass(frozen=True)
+class InitPlan:
+    """Where img2img starts: the init images (cycled over the batch) and, for inpainting, the mask."""
+
+    images: tuple[Any, ...]  # PIL images, RGB or RGBA
+    strength: float  # denoising_strength, clamped to ≤ 0.999 for A1111's step count
+    resize_mode: int  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)
+    mask: Any | None = None  # PIL image; white = repaint
+    mask_blur: tuple[int, int] = (4, 4)  # (x, y) Gaussian sigmas
+    invert_mask: bool = False
+    mask_round: bool = True
+    fill: str = "original"  # "fill", "original", "latent noise", "latent nothing" (A1111 inpainting_fill 0–3)
+    only_masked: bool = True
+    padding: int = 0
+    noise_multiplier: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,11 @@ class GenerationPlan:
     prompt_options: PromptOptions = field(default_factory=PromptOptions)
     # `<lora:…>` and other extra-network tags, taken out of the positive prompts (A1111: from the first prompt).
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
+    loras: tuple[Any, ...] = ()  # engine.networks.LoraRequest, from the extra-network tags
     hires: HiresPlan | None = None
+    init: InitPlan | None = None  # img2img
+    control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
+    control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
     detailers: tuple[DetailerPlan, ...] = ()
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()

@@ -18,13 +18,6 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DetailedImage:
-    image: Image.Image
-    unet_calls: int
-    notes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class DetailTarget:
     """The finished image ADetailer works on, and what A1111 keeps about it (`p.all_prompts[i]`, seeds)."""
 
@@ -35,16 +28,18 @@ class DetailTarget:
     noise: NoiseSpec  # this image's seed and subseed (one entry each)
 
 
-def detail_image(target: DetailTarget, units, prompt_options: PromptOptions, on_step=None) -> DetailedImage:
+def detail_image(
+    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output
+) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
     `postprocess_image` with chained `process_images`). `units` pairs each DetailerPlan with its
-    (pipeline, detector)."""
-    image, calls, notes = target.image, 0, []
+    (pipeline, detector); every pass is counted into `output` (a GenerationOutput)."""
+    image = target.image
     for unit, pipe, detector in units:
         found = detector.detect(image, unit.confidence)
         masks = prepare_masks(found, unit.mask_options)
         if not masks:
-            notes.append(
+            output.notes.append(
                 f"ADetailer: {unit.model} found nothing in image {target.index + 1}; image left unchanged"
             )
             continue
@@ -58,15 +53,14 @@ def detail_image(target: DetailTarget, units, prompt_options: PromptOptions, on_
             seed,
             subseed,
         ):
-            image, used = _inpaint_mask(
-                image, masks[mask_prompt.index], mask_prompt, unit, pipe, target, prompt_options, on_step
-            )
-            calls += used
-    return DetailedImage(image, calls, tuple(notes))
+            context = (target, prompt_options, on_step, embeddings, output)
+            image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
+    return image
 
 
-def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, target, prompt_options, on_step):
+def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j."""
+    target, prompt_options, on_step, embeddings, output = context
     width, height = unit.size
     region = prepare_inpaint(
         image,
@@ -96,6 +90,7 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, target, pr
         noise_multiplier=unit.noise_multiplier,
     )
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
-    result = run_pass(pipe, request, noise, InitLatents(init, repaint), on_step)
+    result = run_pass(pipe, request, noise, InitLatents(init, repaint), on_step, embeddings)
+    output.add(result)
     decoded = pipe.decode_to_images(result.latents)[0]
-    return region.paste_back(decoded), result.unet_calls
+    return region.paste_back(decoded)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 
 Region = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
@@ -161,9 +161,10 @@ class InpaintRegion:
         return apply_overlay(generated, self.paste_to, self.overlay)
 
 
-def prepare_inpaint(image: Image.Image, mask: Image.Image, width: int, height: int, *, mask_blur: int = 4,
-                    only_masked: bool = True, padding: int = 32, resize_mode: int = JUST_RESIZE) -> InpaintRegion:
-    """A1111 `StableDiffusionProcessingImg2Img.init` for one init image and mask ("original" fill, no invert).
+def prepare_inpaint(image: Image.Image, mask: Image.Image, width: int, height: int, *,
+                    mask_blur: int | tuple[int, int] = 4, only_masked: bool = True, padding: int = 32,
+                    resize_mode: int = JUST_RESIZE, invert: bool = False, round_alpha: bool = True) -> InpaintRegion:
+    """A1111 `StableDiffusionProcessingImg2Img.init` for one init image and mask ("original" fill).
 
     Only masked: the crop is the blurred mask's bounding box plus `padding`, grown to the width:height aspect;
     image and mask crops are resized with mode 2 (resize and fill). Whole picture: both are resized with
@@ -174,7 +175,11 @@ def prepare_inpaint(image: Image.Image, mask: Image.Image, width: int, height: i
     if mask.size != image.size:
         raise ValueError(f"the mask is {mask.size[0]}×{mask.size[1]}, the image {image.size[0]}×{image.size[1]}")
     image = image.convert("RGB")
-    blurred = blur_mask(create_binary_mask(mask), mask_blur)
+    binary = create_binary_mask(mask, round_alpha)
+    if invert:
+        binary = ImageOps.invert(binary)
+    blur_x, blur_y = mask_blur if isinstance(mask_blur, tuple) else (mask_blur, mask_blur)
+    blurred = blur_mask(binary, blur_x, blur_y)
     if not only_masked:
         resized_mask = resize_image(resize_mode, blurred, width, height)
         overlay_mask = Image.fromarray(np.clip(np.asarray(resized_mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
@@ -200,3 +205,16 @@ def latent_mask(mask: Image.Image, latent_width: int, latent_height: int, round_
     small = mask.convert("RGB").resize((latent_width, latent_height), resample=Image.Resampling.BICUBIC)
     values = np.asarray(small, dtype=np.float32)[..., 0] / 255
     return np.around(values) if round_mask else values
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111 `masking.fill` (inpainting_fill "fill"): paint the masked area with ever finer blurs of the
+    unmasked surroundings, so the model starts from the neighbourhood's colours instead of the old content."""
+    result = Image.new("RGBA", image.size)
+    kept = Image.new("RGBa", image.size)
+    kept.paste(image.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(mask.convert("L")))
+    for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
+        blurred = kept.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA")
+        for _ in range(repeats):
+            result.alpha_composite(blurred)
+    return result.convert("RGB")

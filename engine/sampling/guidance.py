@@ -43,23 +43,31 @@ def constant(conditioning: StepConditioning) -> ConditioningAt:
 class GuidedUNet:
     """eps(x, t) = uncond + Σᵢ wᵢ · scale · (condᵢ − uncond), the UNet run in its own dtype, the result in fp32.
 
-    Without `AND` this is the usual uncond + scale · (cond − uncond).
+    Without `AND` this is the usual uncond + scale · (cond − uncond). `control` (an
+    `engine.control.residuals.ControlStack`) adds ControlNet residuals and IP-Adapter image tokens per call.
     """
 
-    def __init__(self, unet, guidance_scale: float, conditioning_at: ConditioningAt):
+    def __init__(self, unet, guidance_scale: float, conditioning_at: ConditioningAt, control=None):
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.conditioning_at = conditioning_at
+        self.control = control
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, call_index: int) -> torch.Tensor:
         conditioning = self.conditioning_at(call_index)
         composition = conditioning.rows()
         plain = _is_plain(composition)
+        images = range(len(x))
         if self.guidance_scale == 1.0 and plain:
-            return self._unet(x, t, conditioning.cond, conditioning.cond_added)
+            return self._unet(
+                x, t, conditioning.cond, conditioning.cond_added, call_index, Rows(images, ())
+            )
         # Each cond row sees its image's latent (A1111 repeats x once per sub-prompt, then x for the uncond).
-        x_rows = x if plain else x[[image for image, rows in enumerate(composition) for _ in rows]]
+        cond_images = (
+            list(images) if plain else [image for image, rows in enumerate(composition) for _ in rows]
+        )
+        x_rows = x if plain else x[cond_images]
         if conditioning.cond.shape[1] == conditioning.uncond.shape[1]:
             # One batch of [cond rows, uncond rows], as A1111 orders it.
             both = self._unet(
@@ -67,28 +75,44 @@ class GuidedUNet:
                 t,
                 torch.cat([conditioning.cond, conditioning.uncond]),
                 _cat_added(conditioning.cond_added, conditioning.uncond_added),
+                call_index,
+                Rows(cond_images, images),
             )
             cond_eps, uncond_eps = both[: len(x_rows)], both[len(x_rows) :]
         else:
             # Prompts of different token counts cannot share a batch: A1111 runs separate passes.
-            cond_eps = self._unet(x_rows, t, conditioning.cond, conditioning.cond_added)
-            uncond_eps = self._unet(x, t, conditioning.uncond, conditioning.uncond_added)
+            rows = Rows(cond_images, ())
+            cond_eps = self._unet(x_rows, t, conditioning.cond, conditioning.cond_added, call_index, rows)
+            rows = Rows((), images)
+            uncond_eps = self._unet(x, t, conditioning.uncond, conditioning.uncond_added, call_index, rows)
         if plain:
             return uncond_eps + self.guidance_scale * (cond_eps - uncond_eps)
         return _compose(cond_eps, uncond_eps, composition, self.guidance_scale)
 
-    def _unet(self, x, t, context, added) -> torch.Tensor:
+    def _unet(self, x, t, context, added, call_index: int, rows: "Rows") -> torch.Tensor:
         self.calls += 1
         dtype = self.unet.dtype
+        x, context = x.to(dtype), context.to(dtype)
         added = {k: v.to(dtype) for k, v in added.items()} if added else None
-        eps = self.unet(
-            x.to(dtype),
-            t,
-            encoder_hidden_states=context.to(dtype),
-            added_cond_kwargs=added,
-            return_dict=False,
-        )[0]
-        return eps.float()
+        if self.control is None:
+            inputs = {"added_cond_kwargs": added}
+        else:
+            inputs = self.control.unet_inputs(x, t, call_index, context, added, rows.layout())
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which image each row of a UNet batch belongs to: the cond rows first, then the uncond rows."""
+
+    cond_images: tuple[int, ...] | list[int] | range
+    uncond_images: tuple[int, ...] | range
+
+    def layout(self):
+        from engine.control.residuals import RowLayout
+
+        images = (*self.cond_images, *self.uncond_images)
+        return RowLayout(images, (True,) * len(self.cond_images) + (False,) * len(self.uncond_images))
 
 
 def _is_plain(composition: Composition) -> bool:

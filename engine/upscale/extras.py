@@ -2,17 +2,17 @@
 with its "Upscale" step). Face restoration (GFPGAN, CodeFormer) is not supported and is refused."""
 
 import base64
-import binascii
 import html
 import io
 import json
 import logging
 from typing import Any, Literal
 
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import RequestError, UnsupportedError
+from engine.imaging.decode import decode_image
 from engine.imaging.png import PNG_COMPRESS_LEVEL
 from engine.upscale.pixel import PixelUpscaler
 from engine.upscale.registry import Upscalers
@@ -102,29 +102,6 @@ def upscale_for_extras(
     return result, info
 
 
-def decode_image(text: str, field: str = "image") -> tuple[Image.Image, dict[str, str]]:
-    """A base64 image (optionally a `data:image/...;base64,` URL) as A1111 reads it: EXIF rotation applied,
-    palette transparency kept as RGBA, other modes converted to RGB. Also returns its text chunks."""
-    if not text:
-        raise RequestError(field, "is required: a base64-encoded image")
-    if text.startswith(("http://", "https://")):
-        raise UnsupportedError(field, "image URLs are not fetched; send the image itself, base64-encoded")
-    if text.startswith("data:image/"):
-        text = text.partition(",")[2]
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(text)))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
-        raise RequestError(field, f"is not a base64-encoded image ({exc})") from None
-    texts = {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGB", "P") and isinstance(image.info.get("transparency"), bytes):
-        image = image.convert("RGBA")
-    if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGB")
-    return image, texts
-
-
 def _upscale_and_crop(
     image: Image.Image, upscaler: PixelUpscaler, scale: float, request: ExtrasSingleImageRequest, info: dict
 ) -> Image.Image:
@@ -143,16 +120,25 @@ def _pixel_upscaler(name: str, field: str, upscalers: Upscalers) -> PixelUpscale
     return None if name == NO_UPSCALER else upscalers.pixel(name, field)
 
 
-def _check_result_size(image: Image.Image, scale: float, request: ExtrasSingleImageRequest, max_pixels: int | None):
+def _check_result_size(
+    image: Image.Image, scale: float, request: ExtrasSingleImageRequest, max_pixels: int | None
+):
     if request.resize_mode == 1 and request.upscaling_crop:
         size, field = (request.upscaling_resize_w, request.upscaling_resize_h), "upscaling_resize_w"
     else:
         # `Upscaler.upscale` rounds the result down to a multiple of 8.
-        size, field = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)), "upscaling_resize"
+        size, field = (
+            (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)),
+            "upscaling_resize",
+        )
     if min(size) < 1:
-        raise RequestError(field, f"the {image.width}x{image.height} image would shrink to {size[0]}x{size[1]}")
+        raise RequestError(
+            field, f"the {image.width}x{image.height} image would shrink to {size[0]}x{size[1]}"
+        )
     if max_pixels is not None and size[0] * size[1] > max_pixels:
-        raise RequestError(field, f"the result would be {size[0]}x{size[1]}; at most {max_pixels} pixels allowed")
+        raise RequestError(
+            field, f"the result would be {size[0]}x{size[1]}; at most {max_pixels} pixels allowed"
+        )
 
 
 def _reject_face_restoration(request: ExtrasSingleImageRequest) -> None:

@@ -1,14 +1,15 @@
-"""The A1111 `/sdapi/v1/txt2img` request: every field A1111 v1.10 accepts, with its API defaults."""
+"""A1111's txt2img request (and the fields img2img shares): every field A1111 v1.10 accepts, with its API defaults."""
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from engine.wire.validation import parse_model
 
 
-class Txt2ImgRequest(BaseModel):
-    """Field names and defaults mirror A1111's generated API model (`StableDiffusionProcessingTxt2Img`).
+class GenerationRequest(BaseModel):
+    """The fields txt2img and img2img share; names and defaults mirror A1111's generated API models
+    (`StableDiffusionProcessing` and its subclasses).
 
     Every field is optional and `null` means "default", as in A1111. Defaults are the *API* ones,
     which differ from the web UI's: steps 50, sampler Euler (via `sampler_index`), denoising None.
@@ -16,6 +17,7 @@ class Txt2ImgRequest(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
+    endpoint: ClassVar[str] = "generation"
 
     prompt: str | list[str] | None = ""
     negative_prompt: str | list[str] | None = ""
@@ -46,11 +48,38 @@ class Txt2ImgRequest(BaseModel):
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
+    disable_extra_networks: bool | None = False
+    comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    sampler_index: str | None = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] | None = []  # noqa: RUF012 - pydantic copies defaults per instance
+    send_images: bool | None = True
+    save_images: bool | None = False
+    alwayson_scripts: dict[str, Any] | None = {}  # noqa: RUF012
+    infotext: str | None = None
+
+    @classmethod
+    def parse(cls, payload: Any):
+        return parse_model(cls, payload, f"{cls.endpoint} payload")
+
+    def ignored_fields(self) -> list[str]:
+        """Top-level keys A1111 does not know; accepted and reported, never used."""
+        return sorted(self.model_extra or {})
+
+    def parameters(self) -> dict[str, Any]:
+        """The request echoed with defaults filled, as A1111's response `parameters` (`vars(request)`)."""
+        return self.model_dump(exclude=set(self.model_extra or {}))
+
+
+class Txt2ImgRequest(GenerationRequest):
+    """`/sdapi/v1/txt2img` (`StableDiffusionProcessingTxt2Img`): the shared fields plus hires fix."""
+
+    endpoint: ClassVar[str] = "txt2img"
+
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
-    disable_extra_networks: bool | None = False
     firstpass_image: str | None = None
-    comments: dict[str, Any] | None = None
     enable_hr: bool | None = False
     firstphase_width: int | None = 0
     firstphase_height: int | None = 0
@@ -64,23 +93,3 @@ class Txt2ImgRequest(BaseModel):
     hr_scheduler: str | None = None
     hr_prompt: str | None = ""
     hr_negative_prompt: str | None = ""
-    force_task_id: str | None = None
-    sampler_index: str | None = "Euler"
-    script_name: str | None = None
-    script_args: list[Any] | None = []  # noqa: RUF012 - pydantic copies defaults per instance
-    send_images: bool | None = True
-    save_images: bool | None = False
-    alwayson_scripts: dict[str, Any] | None = {}  # noqa: RUF012
-    infotext: str | None = None
-
-    @classmethod
-    def parse(cls, payload: Any) -> "Txt2ImgRequest":
-        return parse_model(cls, payload, "txt2img payload")
-
-    def ignored_fields(self) -> list[str]:
-        """Top-level keys A1111 does not know; accepted and reported, never used."""
-        return sorted(self.model_extra or {})
-
-    def parameters(self) -> dict[str, Any]:
-        """The request echoed with defaults filled, as A1111's response `parameters` (`vars(request)`)."""
-        return self.model_dump(exclude=set(self.model_extra or {}))

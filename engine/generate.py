@@ -1,0 +1,190 @@
+"""The generation recipe: a plan and loaded models in, images out. Each step calls one capability."""
+
+import logging
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import torch
+from PIL import Image
+
+from engine.detailer.run import DetailTarget, detail_image
+from engine.img2img import img2img_pass
+from engine.passes import InitLatents, PassRequest, run_pass
+from engine.pipeline import A1111Pipeline
+from engine.plan import GenerationPlan, NoiseSpec
+from engine.prompts.options import PassShape
+from engine.sampling.loop import StepCallback
+from engine.upscale.latent import LatentUpscaler
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every model call: `call` of `total` in `stage` ("base", "hires") of batch `iteration`."""
+
+    iteration: int
+    iterations: int
+    call: int
+    total: int | None
+    stage: str = "base"
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image.Image]
+    unet_calls: int
+    notes: list[str] = field(default_factory=list)  # reported to the client as warnings
+    # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
+    extra_params: dict[str, str] = field(default_factory=dict)
+
+    def add(self, result) -> None:
+        """Count a pass's model calls and keep the first pass's infotext entries and every new note."""
+        self.unet_calls += result.unet_calls
+        for key, value in result.extra_params.items():
+            self.extra_params.setdefault(key, value)
+        self.notes += [note for note in result.notes if note not in self.notes]
+
+
+@dataclass(frozen=True)
+class Models:
+    """The loaded checkpoint(s) a plan runs on, and the upscalers hires fix may need."""
+
+    base: A1111Pipeline
+    hires: A1111Pipeline | None = None  # a different checkpoint for hires fix's second pass
+    upscaler: object | None = None  # the resolved hires upscaler (latent or pixel)
+    # One (DetailerPlan, pipeline, detector) per ADetailer unit, in order.
+    detailers: tuple = ()
+    embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
+    control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
+
+
+@torch.no_grad()
+def generate(
+    plan: GenerationPlan, models: Models, on_progress: Callable[[Progress], None] | None = None
+) -> GenerationOutput:
+    """Run a plan, one batch per A1111 iteration (`n_iter`): base pass (txt2img or img2img), hires fix,
+    decode, then ADetailer on each finished image."""
+    output = GenerationOutput([], 0)
+    for iteration in range(plan.n_iter):
+        batch = plan.batch(iteration)
+        noise = _batch_noise(plan.noise, batch)
+        progress = partial(_progress, on_progress, iteration, plan.n_iter)
+        # ControlNet / InstantID: the IP-Adapter sits in the UNets for the base and hires passes only
+        # (ADetailer's inner passes run without the extension's units, as ADetailer runs them by default).
+        with _control_applied(models):
+            if plan.init is not None:
+                # 1. img2img / inpainting: the base pass starts from the init images; no hires fix.
+                base = _base_pass(plan, batch)
+                images = img2img_pass(models, plan, batch, noise, base, progress("base"), output)
+            else:
+                # 1–2. Base pass from noise, then hires fix; 3. decode.
+                latents, pipe = _txt2img(plan, models, batch, noise, progress, output)
+                images = pipe.decode_to_images(latents)
+
+        # 4. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
+        output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output)
+    return output
+
+
+def _base_pass(plan: GenerationPlan, batch: slice) -> PassRequest:
+    return PassRequest(
+        prompts=list(plan.prompts[batch]),
+        negative_prompts=list(plan.negative_prompts[batch]),
+        width=plan.width,
+        height=plan.height,
+        sampler=plan.sampler,
+        steps_total=plan.num_inference_steps,
+        steps_run=plan.num_inference_steps,
+        guidance_scale=plan.guidance_scale,
+        prompt_options=plan.prompt_options,
+        shape=PassShape(plan.height, plan.width, plan.num_inference_steps, plan.sampler.choice.second_order),
+    )
+
+
+def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpec, progress, output):
+    """The base pass from noise and, when asked, hires fix's second pass. Returns (latents, pipeline)."""
+    base = _base_pass(plan, batch)
+    result = run_pass(models.base, base, noise, None, progress("base"), models.embeddings, models.control)
+    output.add(result)
+    if plan.hires is None:
+        return result.latents, models.base
+
+    # Hires fix: upscale, then a second pass from the upscaled latents with fresh noise from the same seeds.
+    hires = plan.hires
+    pipe = models.hires or models.base
+    latents = upscale_for_hires(plan, models, result.latents, noise)
+    width, height = hires.output_size
+    second = replace(
+        base,
+        prompts=list(hires.prompts[batch]),
+        negative_prompts=list(hires.negative_prompts[batch]),
+        width=width,
+        height=height,
+        sampler=hires.sampler,
+        steps_total=hires.schedule_length,
+        steps_run=hires.num_inference_steps,
+        shape=base.shape.hires_pass(
+            height, width, hires.num_inference_steps, hires.sampler.choice.second_order
+        ),
+    )
+    result = run_pass(
+        pipe, second, noise, InitLatents(latents), progress("hires"), models.embeddings, models.control
+    )
+    output.add(result)
+    return result.latents, pipe
+
+
+def _control_applied(models: Models):
+    if models.control is None:
+        return nullcontext()
+    unets = [models.base.unet] + ([models.hires.unet] if models.hires is not None else [])
+    return models.control.applied(*unets)
+
+
+def _detail_all(plan, models, images, batch, progress, output):
+    if not models.detailers:
+        return images
+    return [_detail(plan, models, image, batch.start + i, progress, output) for i, image in enumerate(images)]
+
+
+def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, output: GenerationOutput):
+    target = DetailTarget(
+        image=image,
+        index=index,
+        prompt=plan.prompts[index],
+        negative_prompt=plan.negative_prompts[index],
+        noise=_batch_noise(plan.noise, slice(index, index + 1)),
+    )
+    return detail_image(target, models.detailers, plan.prompt_options, progress, models.embeddings, output)
+
+
+def upscale_for_hires(plan: GenerationPlan, models: Models, latents: torch.Tensor, noise: NoiseSpec):
+    """A1111 `sample_hr_pass`: resize the latents (latent modes) or decode → upscale the images → encode,
+    then cut the centre when both hr_resize_x and hr_resize_y were given."""
+    hires = plan.hires
+    upscaler = models.upscaler
+    if isinstance(upscaler, LatentUpscaler):
+        upscaled = upscaler.upscale_latents(latents, hires.width, hires.height)
+    else:
+        images = models.base.decode_to_images(latents)
+        resized = [upscaler.resize(image, hires.width, hires.height) for image in images]
+        pipe = models.hires or models.base
+        # A1111 samples the VAE posterior with the global CPU RNG, last seeded by the batch's last seed.
+        upscaled = pipe.encode_images(resized, torch.Generator("cpu").manual_seed(int(noise.seeds[-1])))
+    crop_x, crop_y = hires.crop
+    height, width = upscaled.shape[2], upscaled.shape[3]
+    return upscaled[:, :, crop_y // 2 : height - (crop_y + 1) // 2, crop_x // 2 : width - (crop_x + 1) // 2]
+
+
+def _batch_noise(noise: NoiseSpec, batch: slice) -> NoiseSpec:
+    return replace(noise, seeds=noise.seeds[batch], subseeds=noise.subseeds[batch])
+
+
+def _progress(on_progress, iteration: int, iterations: int, stage: str) -> StepCallback | None:
+    if on_progress is None:
+        return None
+    return lambda call, total, latents: on_progress(Progress(iteration, iterations, call, total, stage))

@@ -1,0 +1,130 @@
+"""One denoising pass over a batch — txt2img, hires fix, img2img and inpainting all run through `run_pass`."""
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from engine.pipeline import A1111Pipeline
+from engine.plan import NoiseSpec, SamplerSpec
+from engine.prompts import parse_prompt_attention
+from engine.prompts.conditioning import build_conditioning
+from engine.prompts.options import PassShape, PromptOptions
+from engine.sampling.guidance import GuidedUNet
+from engine.sampling.loop import StepCallback, denoise
+from engine.sampling.noise import ImageNoise
+from engine.sampling.schedulers import prepare_sampler
+
+
+LATENT_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """One denoising pass over a batch, in diffusers' terms."""
+
+    prompts: list[str]
+    negative_prompts: list[str]
+    width: int
+    height: int
+    sampler: SamplerSpec
+    steps_total: int  # schedule length
+    steps_run: int  # the last `steps_run` steps of it are run (txt2img: all)
+    guidance_scale: float
+    prompt_options: PromptOptions
+    shape: PassShape  # size and step counting for the prompts' conditioning
+    noise_multiplier: float = 1.0  # A1111 `initial_noise_multiplier` (img2img)
+
+
+@dataclass(frozen=True)
+class InitLatents:
+    """Where an img2img pass starts: the encoded image, and for inpainting the latent mask (1 = repaint)."""
+
+    latents: torch.Tensor
+    repaint_mask: torch.Tensor | None = None
+
+    def blend(self, latents: torch.Tensor) -> torch.Tensor:
+        """Keep the original outside the mask (A1111's `denoised·nmask + init·mask`)."""
+        if self.repaint_mask is None:
+            return latents
+        return latents * self.repaint_mask + self.latents * (1 - self.repaint_mask)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    latents: torch.Tensor
+    unet_calls: int
+    # What encoding the prompts reported: infotext entries (`TI hashes`, `Emphasis`) and response notes.
+    extra_params: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def run_pass(
+    pipe: A1111Pipeline,
+    request: PassRequest,
+    noise: NoiseSpec,
+    init: InitLatents | None = None,
+    on_step: StepCallback | None = None,
+    embeddings=None,
+    control=None,
+) -> PassResult:
+    """Denoise one batch: fresh per-image noise at this pass's size (A1111 draws it anew for hires fix and
+    img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop."""
+    device = pipe.unet.device
+    latent_shape = (
+        LATENT_CHANNELS,
+        request.height // pipe.vae_scale_factor,
+        request.width // pipe.vae_scale_factor,
+    )
+    image_noise = ImageNoise(
+        latent_shape,
+        list(noise.seeds),
+        subseeds=list(noise.subseeds),
+        subseed_strength=noise.subseed_strength,
+        seed_resize_from=noise.seed_resize_from,
+        device=device,
+        source=noise.source,
+        ensd=noise.eta_noise_seed_delta,
+    )
+    initial = image_noise.first() * request.noise_multiplier
+    sampler = prepare_sampler(
+        request.sampler.choice,
+        steps_total=request.steps_total,
+        steps_run=request.steps_run,
+        scheduler_config=dict(pipe.scheduler.config),
+        seeds=list(noise.seeds),
+        generators=image_noise.generators,
+        # Align Your Steps has separate SD1.5 and SDXL tables; only the loaded model knows which applies.
+        options=replace(request.sampler.options, sdxl=pipe.is_sdxl),
+        device=device,
+        img2img=init is not None,
+    )
+    conditioning = build_conditioning(
+        pipe,
+        request.prompts,
+        request.negative_prompts,
+        request.shape,
+        request.prompt_options,
+        parse=parse_prompt_attention,
+        embeddings=embeddings,
+    )
+    stack = None
+    if control is not None:
+        stack = control.stack_for_pass(
+            pipe.unet,
+            request.width,
+            request.height,
+            steps=request.steps_run,
+            second_order=request.sampler.choice.second_order,
+            hires=request.shape.hires,
+        )
+    unet = GuidedUNet(pipe.unet, request.guidance_scale, conditioning, control=stack)
+    start = initial * sampler.start_sigma
+    if init is not None:
+        init = replace(init, latents=init.latents.to(device=device, dtype=torch.float32))
+        start = init.latents + start
+        if init.repaint_mask is not None:
+            sampler.denoised_filter = init.blend
+    latents = denoise(sampler, start, unet, on_step)
+    # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
+    latents = init.blend(latents) if init is not None else latents
+    return PassResult(latents, unet.calls, conditioning.extra_generation_params, conditioning.notes)

@@ -1,0 +1,144 @@
+"""Load a checkpoint (A1111 single file or diffusers folder) into an `A1111Pipeline`, offline."""
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from engine.errors import NotFoundError, UnsupportedError
+from engine.pipeline import A1111Pipeline
+
+
+logger = logging.getLogger(__name__)
+
+# Key prefixes that identify the model family of an original (LDM/SGM) single-file checkpoint.
+FAMILY_MARKERS = (
+    ("sdxl", "conditioner.embedders.1.model."),
+    ("sd15", "cond_stage_model.transformer."),
+)
+UNSUPPORTED_MARKERS = (
+    ("SD2.x (OpenCLIP-H text encoder)", "cond_stage_model.model."),
+    ("an SDXL refiner", "conditioner.embedders.0.model."),
+)
+PIPELINE_CLASS_NAMES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+# The weights whose shapes tell real configs from tiny ones: (checkpoint key, config file, how to read it).
+SHAPE_PROBES = {
+    "sd15": (
+        (
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "unet",
+            lambda c: (c["block_out_channels"][0],),
+            (0,),
+        ),
+        (
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+            "text_encoder",
+            lambda c: (c["hidden_size"],),
+            (1,),
+        ),
+    ),
+    "sdxl": (
+        (
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "unet",
+            lambda c: (c["block_out_channels"][0],),
+            (0,),
+        ),
+        (
+            "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+            "text_encoder",
+            lambda c: (c["hidden_size"],),
+            (1,),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where and how a model runs: fp16 on CUDA, fp32 on CPU (A1111's defaults, SDPA attention either way)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def for_device(cls, device: str) -> "Precision":
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        resolved = torch.device(device)
+        return cls(resolved, torch.float16 if resolved.type == "cuda" else torch.float32)
+
+
+def load_pipeline(path: Path, config_roots: Sequence[Path], precision: Precision) -> A1111Pipeline:
+    """Load `path` (a `.safetensors` file or a diffusers folder) straight to the device and dtype."""
+    import diffusers  # deferred: importing diffusers pipelines costs seconds
+
+    common = {"torch_dtype": precision.dtype, "local_files_only": True}
+    if path.is_dir():
+        source = diffusers.DiffusionPipeline.from_pretrained(path, **common)
+    else:
+        family = detect_family(path)
+        config = find_config_folder(path, family, config_roots)
+        pipeline_class = getattr(diffusers, PIPELINE_CLASS_NAMES[family])
+        extra = {"safety_checker": None, "feature_extractor": None} if family == "sd15" else {}
+        logger.info("loading %s (%s) with configs from %s", path.name, family, config)
+        source = pipeline_class.from_single_file(str(path), config=str(config), **common, **extra)
+    components = {name: getattr(source, name, None) for name in _COMPONENTS}
+    pipeline = A1111Pipeline(**components).to(precision.device)
+    if precision.dtype != torch.float32 and pipeline.vae.config.get("force_upcast", False):
+        # SDXL's original VAE overflows in fp16 (black images); A1111 retries such decodes in fp32.
+        pipeline.vae.to(torch.float32)
+    return pipeline
+
+
+_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
+
+
+def detect_family(path: Path) -> str:
+    """SD1.5 or SDXL, from the checkpoint's key names (the file name says nothing reliable)."""
+    if path.suffix != ".safetensors":
+        raise UnsupportedError(
+            "sd_model_checkpoint", f"{path.name}: only .safetensors checkpoints are loaded (no pickles)"
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    for family, prefix in FAMILY_MARKERS:
+        if any(key.startswith(prefix) for key in keys):
+            return family
+    for name, prefix in UNSUPPORTED_MARKERS:
+        if any(key.startswith(prefix) for key in keys):
+            raise UnsupportedError("sd_model_checkpoint", f"{path.name} is {name}; supported: SD1.5 and SDXL")
+    raise UnsupportedError("sd_model_checkpoint", f"{path.name} is not an SD1.5 or SDXL checkpoint")
+
+
+def find_config_folder(path: Path, family: str, config_roots: Sequence[Path]) -> Path:
+    """The local diffusers config folder whose architecture matches the checkpoint's weight shapes."""
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key, *_ in SHAPE_PROBES[family]}
+    candidates = []
+    folders = [folder for root in config_roots for folder in sorted(Path(root).glob("*/model_index.json"))]
+    for folder in folders:
+        index = json.loads(folder.read_text())
+        if index.get("_class_name") != PIPELINE_CLASS_NAMES[family]:
+            continue
+        candidates.append(folder.parent.name)
+        if all(_probe_matches(folder.parent, shapes, probe) for probe in SHAPE_PROBES[family]):
+            return folder.parent
+    raise NotFoundError(
+        "sd_model_checkpoint",
+        f"no architecture config in {', '.join(map(str, config_roots))} matches {path.name} ({family}); found {candidates or 'none'}. "
+        "Run download_models.py to fetch the configs.",
+    )
+
+
+def _probe_matches(folder: Path, shapes: dict, probe) -> bool:
+    key, component, read, dims = probe
+    config_file = folder / component / "config.json"
+    if not config_file.exists():
+        return False
+    expected = read(json.loads(config_file.read_text()))
+    return tuple(shapes[key][d] for d in dims) == expected

@@ -1,0 +1,272 @@
+"""`Engine`: the library door. Owns the models and serves A1111 API calls one generation at a time."""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine import listings
+from engine.control.models import ControlModels
+from engine.control.request import prepare_control
+from engine.detailer.detect import DetectorCache
+from engine.errors import RequestError
+from engine.generate import Models, Progress, generate
+from engine.imaging.png import png_base64
+from engine.imaging.vae_tiling import VaeTiling
+from engine.networks.lora import apply_loras
+from engine.plan import GenerationPlan
+from engine.prompts.embeddings import EmbeddingDatabase
+from engine.resources.cache import ResidentCache
+from engine.resources.catalog import CheckpointEntry, ModelCatalog
+from engine.resources.loader import Precision, load_pipeline
+from engine.settings import Settings
+from engine.translate import to_img2img_plan, to_plan
+from engine.upscale.registry import Upscalers
+from engine.wire import info as infotexts
+from engine.wire.img2img import Img2ImgRequest
+from engine.wire.routes import route
+from engine.wire.txt2img import Txt2ImgRequest
+
+
+# Routed generation endpoints: Engine method name → the request model that parses its payload.
+GENERATORS = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    """Images plus what A1111 returns with them; `response()` is the A1111 JSON body."""
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    info: str  # a JSON string, as A1111 sends it
+    parameters: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    unet_calls: int = 0
+    # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
+    detected_maps: list[Image.Image] = field(default_factory=list)
+
+    def response(self, send_images: bool = True) -> dict[str, Any]:
+        results = [png_base64(image, text) for image, text in zip(self.images, self.infotexts, strict=True)]
+        maps = [png_base64(image, None) for image in self.detected_maps]
+        body: dict[str, Any] = {
+            "images": results + maps if send_images else [],
+            "parameters": self.parameters,
+            "info": self.info,
+        }
+        if self.warnings:
+            body["warnings"] = self.warnings
+        return body
+
+
+class Engine:
+    """Built once from settings; `handle()` serves any routed A1111 call, `txt2img()` the main one.
+
+    Thread-safe: concurrent callers are served one generation at a time.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.catalog = ModelCatalog(settings.models_dir)
+        self.precision = Precision.for_device(settings.device)
+        # Two resident checkpoints let hires fix use another checkpoint without reloading every batch.
+        self._pipelines = ResidentCache(self._load, capacity=2)
+        self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
+        self.detectors = DetectorCache(device=str(self.precision.device))
+        self.embeddings = EmbeddingDatabase(self.catalog)
+        self.control_models = ControlModels(
+            settings.models_dir, settings.config_roots, self.precision.device, self.precision.dtype
+        )
+        self._generation_lock = threading.Lock()
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | Path, **settings: Any) -> "Engine":
+        return cls(Settings(models_dir=Path(models_dir), **settings))
+
+    # --- doors -----------------------------------------------------------------------------------------
+
+    def handle(self, method: str, endpoint: str, payload: dict[str, Any], on_progress=None) -> Any:
+        """Serve one A1111 API call and return its JSON-able response body."""
+        name = route(method, endpoint)
+        if name in GENERATORS:
+            request = GENERATORS[name].parse(payload)
+            result = getattr(self, name)(request, on_progress)
+            return result.response(send_images=request.send_images is not False)
+        return getattr(listings, name)(self, payload)
+
+    def txt2img(
+        self, payload: dict[str, Any] | Txt2ImgRequest, on_progress: Callable[[Progress], None] | None = None
+    ) -> GenerationResult:
+        """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
+        request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
+        return self._generate(request, to_plan(request, self.settings), on_progress)
+
+    def img2img(
+        self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
+    ) -> GenerationResult:
+        """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
+        request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
+        result = self._generate(request, to_img2img_plan(request, self.settings), on_progress)
+        if not request.include_init_images:
+            # A1111 does not echo the (large) init images and mask unless asked to.
+            result.parameters.update(init_images=None, mask=None)
+        return result
+
+    def _generate(self, request, plan: GenerationPlan, on_progress) -> GenerationResult:
+        # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
+        entry = self.resolve_checkpoint(plan.checkpoint)
+        resolved = self._resolve(plan)
+        job_timestamp = time.strftime("%Y%m%d%H%M%S")
+        with self._generation_lock:
+            # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
+            self.embeddings.refresh()
+            models = self._models(entry, plan, resolved)
+            if plan.control_units:
+                # Resolve, load and preprocess the units (face analysis included) before any denoising.
+                hires_size = plan.hires.output_size if plan.hires else None
+                control = prepare_control(
+                    plan.control_units,
+                    self.catalog,
+                    self.control_models,
+                    (plan.width, plan.height),
+                    hires_size,
+                )
+                models = replace(models, control=control)
+            # LoRA stays active for every pass of the request, text encoders included, and is fully removed after.
+            with apply_loras(models.base, self.catalog, plan.loras) as loras:
+                output = generate(plan, models, on_progress)
+        # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis.
+        extra = {**dict(plan.infotext_extra), **loras.extra_generation_params, **output.extra_params}
+        fields = _infotext_fields(request, plan, entry, extra)
+        records = [
+            infotexts.ImageRecord(prompt, negative, seed, subseed)
+            for prompt, negative, seed, subseed in zip(
+                plan.prompts, plan.negative_prompts, plan.noise.seeds, plan.noise.subseeds, strict=True
+            )
+        ]
+        return GenerationResult(
+            images=output.images,
+            infotexts=[infotexts.infotext(fields, record) for record in records],
+            info=infotexts.info_json(
+                fields,
+                records,
+                styles=request.styles or [],
+                batch_size=plan.batch_size,
+                job_timestamp=job_timestamp,
+                denoising_strength=request.denoising_strength if plan.hires or plan.init else None,
+            ),
+            parameters=request.parameters(),
+            warnings=[
+                *plan.warnings,
+                *loras.notes,
+                *output.notes,
+                *(models.control.notes if models.control else []),
+            ],
+            detected_maps=list(models.control.detected_maps) if models.control else [],
+            unet_calls=output.unet_calls,
+        )
+
+    def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
+        """Every model file the plan names besides its checkpoint: hires upscaler and checkpoint, detectors."""
+        resolved: dict[str, Any] = {"upscaler": None, "hires_entry": None}
+        if plan.hires is not None:
+            resolved["upscaler"] = self.upscalers.get(plan.hires.upscaler, field="hr_upscaler")
+            if plan.hires.checkpoint:
+                resolved["hires_entry"] = self.catalog.find_checkpoint(
+                    plan.hires.checkpoint, "hr_checkpoint_name", closest=True
+                )
+        resolved["detectors"] = [
+            self.catalog.find_file("adetailer", unit.model, unit.model_field).path for unit in plan.detailers
+        ]
+        resolved["detailer_entries"] = [
+            self.catalog.find_checkpoint(
+                unit.checkpoint, unit.model_field.replace("ad_model", "ad_checkpoint"), closest=True
+            )
+            if unit.checkpoint
+            else None
+            for unit in plan.detailers
+        ]
+        return resolved
+
+    def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any]) -> Models:
+        """Load (or fetch from the resident cache) everything the plan runs on; call under the lock."""
+        base = self._pipelines.get(entry)
+        hires_entry = resolved["hires_entry"]
+        return Models(
+            base=base,
+            hires=self._pipelines.get(hires_entry) if hires_entry and hires_entry != entry else None,
+            upscaler=resolved["upscaler"],
+            embeddings=self.embeddings,
+            detailers=tuple(
+                (unit, self._pipelines.get(unit_entry) if unit_entry else base, self.detectors.get(path))
+                for unit, unit_entry, path in zip(
+                    plan.detailers, resolved["detailer_entries"], resolved["detectors"], strict=True
+                )
+            ),
+        )
+
+    def warm_up(self) -> None:
+        """Load the default checkpoint (and any `PRELOAD` ones) now rather than on the first request."""
+        names = self.settings.preload or (
+            (self.settings.default_checkpoint,) if self.settings.default_checkpoint else ()
+        )
+        entries = [self.catalog.find_checkpoint(name, field="PRELOAD") for name in names]
+        if not entries and (default := self.default_checkpoint()) is not None:
+            entries = [default]
+        for entry in entries:
+            self._pipelines.get(entry)
+
+    # --- models ----------------------------------------------------------------------------------------
+
+    def resolve_checkpoint(self, name: str | None) -> CheckpointEntry:
+        if name:
+            return self.catalog.find_checkpoint(name)
+        default = self.default_checkpoint()
+        if default is None:
+            raise RequestError(
+                "sd_model_checkpoint", f"no checkpoint in {self.settings.models_dir / 'Stable-diffusion'}"
+            )
+        return default
+
+    def default_checkpoint(self) -> CheckpointEntry | None:
+        if self.settings.default_checkpoint:
+            return self.catalog.find_checkpoint(self.settings.default_checkpoint, field="DEFAULT_CHECKPOINT")
+        checkpoints = sorted(self.catalog.checkpoints(), key=lambda entry: entry.name.lower())
+        # Like A1111 with no configured model: the first checkpoint in name order.
+        return checkpoints[0] if checkpoints else None
+
+    def _load(self, entry: CheckpointEntry):
+        started = time.perf_counter()
+        pipeline = load_pipeline(entry.path, self.settings.config_roots, self.precision)
+        pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
+        logger.info(
+            "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device
+        )
+        return pipeline
+
+
+def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict):
+    choice = plan.sampler.choice
+    return infotexts.InfotextFields(
+        steps=plan.num_inference_steps,
+        sampler=choice.sampler,
+        schedule_type=choice.schedule,
+        cfg_scale=plan.guidance_scale,
+        width=request.width,
+        height=request.height,
+        model_hash=entry.shorthash,
+        model_name=entry.name_for_extra,
+        subseed_strength=plan.noise.subseed_strength,
+        seed_resize_from=plan.noise.seed_resize_from,
+        clip_skip=plan.prompt_options.clip_skip,
+        ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
+        rng=plan.noise.source,
+        extra=extra,
+    )

@@ -1,0 +1,57 @@
+"""ADetailer units → `DetailerPlan`s, in diffusers' terms."""
+
+from engine import samplers
+from engine.detailer.args import ADetailerArgs
+from engine.errors import UnsupportedError
+from engine.plan import DetailerPlan, SamplerSpec
+from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, multiple_of_8, sampler_options
+
+
+def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options):
+    """ADetailer's inner img2img per unit (`get_i2i_p`): its own steps, cfg, sampler, size... when its
+    `ad_use_*` flags say so, else the request's; the size is the *base* size even under hires fix."""
+    plans = []
+    for position, unit in adetailer.active_units:
+        unit_sampler = sampler
+        if unit.ad_use_sampler:
+            same = unit.ad_sampler in SAME_SAMPLER
+            schedule = (
+                request.scheduler if unit.ad_scheduler in ("", "Use same scheduler") else unit.ad_scheduler
+            )
+            choice = samplers.resolve_sampler(
+                sampler.choice.sampler if same else unit.ad_sampler,
+                schedule,
+                field=adetailer.field(position, "ad_sampler"),
+            )
+            unit_sampler = SamplerSpec(choice, sampler_options(request, choice, options))
+        if unit.ad_use_vae and unit.ad_vae not in (None, "", "None", "Use same VAE"):
+            raise UnsupportedError(
+                adetailer.field(position, "ad_vae"), "external VAE files are not supported yet"
+            )
+        checkpoint = None
+        if unit.ad_use_checkpoint and unit.ad_checkpoint not in (*SAME_CHECKPOINT, "None"):
+            checkpoint = unit.ad_checkpoint
+        plans.append(
+            DetailerPlan(
+                model=unit.ad_model,
+                model_field=adetailer.field(position, "ad_model"),
+                confidence=unit.ad_confidence,
+                mask_options=unit.mask_options(),
+                prompt=unit.ad_prompt,
+                negative_prompt=unit.ad_negative_prompt,
+                strength=unit.ad_denoising_strength,
+                only_masked=unit.ad_inpaint_only_masked,
+                padding=unit.ad_inpaint_only_masked_padding,
+                mask_blur=unit.ad_mask_blur,
+                size=multiple_of_8(unit.processing_size(width, height)),
+                num_inference_steps=unit.steps(steps),
+                guidance_scale=unit.cfg_scale(
+                    float(request.cfg_scale if request.cfg_scale is not None else 7.0)
+                ),
+                sampler=unit_sampler,
+                noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else 1.0,
+                clip_skip=unit.ad_clip_skip if unit.ad_use_clip_skip else None,
+                checkpoint=checkpoint,
+            )
+        )
+    return tuple(plans)

@@ -1,0 +1,77 @@
+"""What txt2img and img2img plan alike: batch, size, prompts, seeds, sampler, ADetailer."""
+
+from typing import Any
+
+from engine import samplers
+from engine.control.units import parse_controlnet_args
+from engine.detailer.args import parse_adetailer_args
+from engine.errors import RequestError
+from engine.networks import lora_requests
+from engine.plan import GenerationPlan, SamplerSpec
+from engine.prompts.options import prompt_options_from
+from engine.settings import Settings
+from engine.translate.common import (
+    bounded_int,
+    image_size,
+    noise_spec,
+    per_image,
+    read_override_settings,
+    reject_unsupported,
+    request_warnings,
+    sampler_options,
+    take_extra_networks,
+)
+from engine.translate.detailer import detailer_plans
+from engine.wire.txt2img import GenerationRequest
+
+
+def plan_generation(
+    request: GenerationRequest,
+    settings: Settings,
+    defaults: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+) -> tuple[GenerationPlan, dict[str, Any]]:
+    """The plan without txt2img's hires fix or img2img's init images, and the effective A1111 options.
+
+    Args:
+        request: the parsed A1111 payload.
+        settings: limits (steps, pixels, batch) and the default checkpoint.
+        defaults: the worker's current options (A1111 `opts`), overridden by `override_settings`.
+        batch_size: overrides the request's (img2img with several init images: one per image, as A1111).
+    """
+    reject_unsupported(request)
+    options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
+    batch_size = batch_size or bounded_int(request.batch_size, "batch_size", 1, settings.max_batch_images)
+    n_iter = bounded_int(request.n_iter, "n_iter", 1, settings.max_batch_images)
+    if batch_size * n_iter > settings.max_batch_images:
+        raise RequestError("batch_size", f"batch_size × n_iter must be at most {settings.max_batch_images}")
+    width, height = image_size(request, settings)
+    count = batch_size * n_iter
+    choice = samplers.resolve_sampler(request.sampler_name or request.sampler_index, request.scheduler)
+    prompts, networks = take_extra_networks(per_image(request.prompt, count, "prompt"), request)
+    negative_prompts = per_image(request.negative_prompt, count, "negative_prompt")
+    steps = bounded_int(request.steps, "steps", 1, settings.max_steps)
+    sampler = SamplerSpec(choice, sampler_options(request, choice, options))
+    adetailer = parse_adetailer_args(request.alwayson_scripts)
+    plan = GenerationPlan(
+        checkpoint=options.get("sd_model_checkpoint") or settings.default_checkpoint,
+        prompts=prompts,
+        negative_prompts=negative_prompts,
+        noise=noise_spec(request, count, options),
+        batch_size=batch_size,
+        n_iter=n_iter,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
+        sampler=sampler,
+        prompt_options=prompt_options_from(options),
+        extra_networks=networks,
+        loras=tuple(lora_requests(networks)),
+        control_units=parse_controlnet_args(request.alwayson_scripts),
+        detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
+        infotext_extra=tuple(adetailer.infotext_params().items()),
+        warnings=tuple(request_warnings(request)),
+    )
+    return plan, options

@@ -1,0 +1,91 @@
+"""A1111 img2img request → `GenerationPlan` with an `InitPlan` (`StableDiffusionProcessingImg2Img.init`)."""
+
+from dataclasses import replace
+from typing import Any
+
+from engine.errors import RequestError
+from engine.imaging.decode import decode_image
+from engine.plan import GenerationPlan, InitPlan
+from engine.settings import Settings
+from engine.translate.generation import plan_generation
+from engine.wire.img2img import Img2ImgRequest
+
+
+# A1111 `inpainting_fill` values.
+INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+
+
+def to_img2img_plan(
+    request: Img2ImgRequest, settings: Settings, defaults: dict[str, Any] | None = None
+) -> GenerationPlan:
+    """Validate an img2img request and translate it: init images, mask, strength, inpainting options."""
+    if not request.init_images:
+        raise RequestError("init_images", "is required: a list of base64-encoded images")
+    images = tuple(decode_image(text, f"init_images[{i}]")[0] for i, text in enumerate(request.init_images))
+    requested_batch = request.batch_size or 1
+    if len(images) > 1 and len(images) > requested_batch:
+        # A1111: "bad number of images passed".
+        raise RequestError(
+            "init_images", f"holds {len(images)} images; at most batch_size ({requested_batch})"
+        )
+    plan, options = plan_generation(
+        request, settings, defaults, batch_size=len(images) if len(images) > 1 else None
+    )
+    strength = request.denoising_strength
+    if strength is None or not 0 <= strength <= 1:
+        raise RequestError("denoising_strength", f"must be a number in [0, 1], got {strength!r}")
+    init = InitPlan(
+        images=images,
+        strength=min(strength, 0.999),
+        resize_mode=_choice(request.resize_mode, RESIZE_MODES, "resize_mode"),
+        mask=_mask(request, images[0].size),
+        mask_blur=_mask_blur(request),
+        invert_mask=bool(request.inpainting_mask_invert),
+        mask_round=request.mask_round is not False,
+        fill=INPAINTING_FILLS[_choice(request.inpainting_fill, INPAINTING_FILLS, "inpainting_fill")],
+        only_masked=bool(request.inpaint_full_res),
+        padding=max(0, request.inpaint_full_res_padding or 0),
+        noise_multiplier=float(
+            request.initial_noise_multiplier
+            if request.initial_noise_multiplier is not None
+            else options.get("initial_noise_multiplier", 1.0)
+        ),
+    )
+    extra = [("Denoising strength", strength)]
+    if init.mask is not None:
+        extra += [("Mask blur", request.mask_blur if request.mask_blur is not None else init.mask_blur[0])]
+        if init.only_masked:
+            extra += [("Inpaint area", "Only masked"), ("Masked area padding", init.padding)]
+    warnings = plan.warnings
+    if request.image_cfg_scale is not None:
+        warnings += ("ignored image_cfg_scale: it applies to instruct-pix2pix models only",)
+    return replace(plan, init=init, infotext_extra=plan.infotext_extra + tuple(extra), warnings=warnings)
+
+
+def _choice(value: int | None, names: tuple[str, ...], field: str) -> int:
+    value = 0 if value is None else value
+    if not 0 <= value < len(names):
+        listed = ", ".join(f"{i} ({name})" for i, name in enumerate(names))
+        raise RequestError(field, f"must be one of {listed}, got {value!r}")
+    return value
+
+
+def _mask(request: Img2ImgRequest, size: tuple[int, int]):
+    if not request.mask:
+        return None
+    mask, _ = decode_image(request.mask, "mask")
+    if mask.size != size:
+        # A1111 resizes the mask with the image; a different size is almost always a client mistake.
+        raise RequestError("mask", f"is {mask.size[0]}x{mask.size[1]}, the init image {size[0]}x{size[1]}")
+    return mask
+
+
+def _mask_blur(request: Img2ImgRequest) -> tuple[int, int]:
+    """`mask_blur` sets both axes (A1111's property setter); else mask_blur_x / mask_blur_y."""
+    if request.mask_blur is not None:
+        return request.mask_blur, request.mask_blur
+    return (
+        request.mask_blur_x if request.mask_blur_x is not None else 4,
+        request.mask_blur_y if request.mask_blur_y is not None else 4,
+    )

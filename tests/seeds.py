@@ -1,0 +1,17 @@
+"""The two seed payloads of the project (../shared/seeds), read as clients send them."""
+
+import json
+from pathlib import Path
+
+
+SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+
+
+def seed_job(name: str) -> dict:
+    """The RunPod job (`{"input": {...}}`) of a seed file."""
+    text = (SEEDS_DIR / name).read_text()
+    return json.loads(text.split("```json", 1)[1].split("```", 1)[0])
+
+
+def seed_payload(name: str) -> dict:
+    return seed_job(name)["input"]["payload"]
