@@ -10,7 +10,6 @@ from typing import Any
 
 from PIL import Image
 
-from engine import listings
 from engine.control.models import ControlModels
 from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
@@ -19,9 +18,10 @@ from engine.generate import Models, Progress, generate
 from engine.imaging.png import png_base64
 from engine.imaging.vae_tiling import VaeTiling
 from engine.networks.lora import apply_loras
+from engine.options import OptionsStore
 from engine.plan import GenerationPlan
 from engine.prompts.embeddings import EmbeddingDatabase
-from engine.resources.cache import ResidentCache
+from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.settings import Settings
@@ -29,12 +29,8 @@ from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
 from engine.wire import info as infotexts
 from engine.wire.img2img import Img2ImgRequest
-from engine.wire.routes import route
+from engine.wire.routes import JobState, dispatch
 from engine.wire.txt2img import Txt2ImgRequest
-
-
-# Routed generation endpoints: Engine method name → the request model that parses its payload.
-GENERATORS = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
 
 
 logger = logging.getLogger(__name__)
@@ -76,8 +72,14 @@ class Engine:
         self.settings = settings
         self.catalog = ModelCatalog(settings.models_dir)
         self.precision = Precision.for_device(settings.device)
-        # Two resident checkpoints let hires fix use another checkpoint without reloading every batch.
-        self._pipelines = ResidentCache(self._load, capacity=2)
+        # The most recently used checkpoints stay resident within a memory budget, identical components shared.
+        self._pipelines = PipelineCache(
+            self._load,
+            budget_bytes=resolve_budget(settings.model_memory_budget_gb, self.precision.device),
+            estimate=lambda entry: estimate_checkpoint_bytes(entry.path, self.precision.dtype),
+        )
+        self.options = OptionsStore(self.catalog, self.default_checkpoint)
+        self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device))
         self.embeddings = EmbeddingDatabase(self.catalog)
@@ -94,32 +96,32 @@ class Engine:
 
     def handle(self, method: str, endpoint: str, payload: dict[str, Any], on_progress=None) -> Any:
         """Serve one A1111 API call and return its JSON-able response body."""
-        name = route(method, endpoint)
-        if name in GENERATORS:
-            request = GENERATORS[name].parse(payload)
-            result = getattr(self, name)(request, on_progress)
-            return result.response(send_images=request.send_images is not False)
-        return getattr(listings, name)(self, payload)
+        return dispatch(self, method, endpoint, payload, on_progress)
 
     def txt2img(
         self, payload: dict[str, Any] | Txt2ImgRequest, on_progress: Callable[[Progress], None] | None = None
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        return self._generate(request, to_plan(request, self.settings), on_progress)
+        return self._generate(
+            request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
+        )
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
     ) -> GenerationResult:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
-        result = self._generate(request, to_img2img_plan(request, self.settings), on_progress)
+        plan = to_img2img_plan(request, self.settings, defaults=self.options.for_request())
+        result = self._generate(request, plan, on_progress)
         if not request.include_init_images:
             # A1111 does not echo the (large) init images and mask unless asked to.
             result.parameters.update(init_images=None, mask=None)
         return result
 
     def _generate(self, request, plan: GenerationPlan, on_progress) -> GenerationResult:
+        # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
+        self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
         entry = self.resolve_checkpoint(plan.checkpoint)
         resolved = self._resolve(plan)

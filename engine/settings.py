@@ -24,6 +24,8 @@ class Settings:
     max_batch_images: int = 16
     # Run the VAE in tiles above this many pixels; None: only when a whole decode would not fit on the GPU.
     vae_tile_above_pixels: int | None = None
+    # Memory the resident checkpoints may take (GB); None: derived from the device (see resources.cache).
+    model_memory_budget_gb: float | None = None
     # Checkpoints loaded before the first request (names as in payloads); empty = the default only.
     preload: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -53,10 +55,13 @@ class Settings:
             "max_pixels": _int(env, "MAX_PIXELS"),
             "max_batch_images": _int(env, "MAX_BATCH_IMAGES"),
             "vae_tile_above_pixels": _int(env, "VAE_TILE_ABOVE_PIXELS"),
+            "model_memory_budget_gb": float(env["MODEL_MEMORY_BUDGET_GB"])
+            if env.get("MODEL_MEMORY_BUDGET_GB")
+            else None,
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
         }
         values = {k: v for k, v in values.items() if v is not None}
-        return replace(settings, **values, **overrides)
+        return replace(settings, **{**values, **overrides})
 
 
 def _int(env: Mapping[str, str], key: str) -> int | None:

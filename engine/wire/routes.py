@@ -1,25 +1,271 @@
-"""The endpoint table both doors (RunPod envelope, HTTP server) dispatch through."""
+"""The endpoint table both doors (RunPod envelope, HTTP server) dispatch through, and A1111's job state."""
 
-from engine.errors import NotFoundError, RequestError
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import EngineError, NotFoundError, RequestError
+from engine.imaging.png import encode_base64
+from engine.wire.img2img import Img2ImgRequest
+from engine.wire.txt2img import GenerationRequest, Txt2ImgRequest
 
 
-# endpoint (no leading slash) → {HTTP method: Engine method name}
+logger = logging.getLogger(__name__)
+
+# endpoint (no leading slash) → {HTTP method: handler name}. Generation endpoints are served by the Engine
+# method of that name (their request models are in GENERATION_REQUESTS); the others by `engine.listings`.
 ROUTES: dict[str, dict[str, str]] = {
     "sdapi/v1/txt2img": {"POST": "txt2img"},
-    "sdapi/v1/sd-models": {"GET": "sd_models"},
+    "sdapi/v1/img2img": {"POST": "img2img"},
+    "sdapi/v1/extra-single-image": {"POST": "extra_single_image"},
+    "sdapi/v1/png-info": {"POST": "png_info"},
+    "sdapi/v1/progress": {"GET": "progress"},
+    "sdapi/v1/interrupt": {"POST": "interrupt"},
+    "sdapi/v1/options": {"GET": "options", "POST": "set_options"},
     "sdapi/v1/samplers": {"GET": "samplers"},
     "sdapi/v1/schedulers": {"GET": "schedulers"},
-    "sdapi/v1/options": {"GET": "options"},
+    "sdapi/v1/upscalers": {"GET": "upscalers"},
+    "sdapi/v1/latent-upscale-modes": {"GET": "latent_upscale_modes"},
+    "sdapi/v1/sd-models": {"GET": "sd_models"},
+    "sdapi/v1/sd-vae": {"GET": "sd_vae"},
+    "sdapi/v1/face-restorers": {"GET": "face_restorers"},
+    "sdapi/v1/realesrgan-models": {"GET": "realesrgan_models"},
+    "sdapi/v1/prompt-styles": {"GET": "prompt_styles"},
+    "sdapi/v1/embeddings": {"GET": "embeddings"},
+    "sdapi/v1/refresh-embeddings": {"POST": "refresh_embeddings"},
+    "sdapi/v1/refresh-checkpoints": {"POST": "refresh_checkpoints"},
+    "sdapi/v1/refresh-vae": {"POST": "refresh_vae"},
+    "sdapi/v1/loras": {"GET": "loras"},
+    "sdapi/v1/refresh-loras": {"POST": "refresh_loras"},
+    "sdapi/v1/memory": {"GET": "memory"},
+    "sdapi/v1/scripts": {"GET": "scripts"},
+    "adetailer/v1/ad_model": {"GET": "ad_model"},
+    "controlnet/model_list": {"GET": "controlnet_model_list"},
+    "controlnet/module_list": {"GET": "controlnet_module_list"},
+    "controlnet/detect": {"POST": "controlnet_detect"},
 }
+# Request model of each generation endpoint (the HTTP server also declares them, for A1111's 422 errors).
+GENERATION_REQUESTS: dict[str, type[GenerationRequest]] = {
+    "txt2img": Txt2ImgRequest,
+    "img2img": Img2ImgRequest,
+}
+# Endpoints that use the GPU or swap models: queued behind generation, as A1111's `queue_lock` does.
+QUEUED = {"controlnet_detect", "extra_single_image", "refresh_checkpoints", "refresh_vae", "refresh_loras", "refresh_embeddings"}
+
+
+class JobInterrupted(EngineError):
+    """The running job was stopped by `POST /sdapi/v1/interrupt`."""
 
 
 def route(method: str, endpoint: str) -> str:
-    """The Engine method serving `method endpoint`, or an error listing what is served."""
+    """The handler name serving `method endpoint`, or an error listing what is served."""
     endpoint = endpoint.strip("/")
     methods = ROUTES.get(endpoint)
     if methods is None:
-        served = [f"{m} /{path}" for path, table in ROUTES.items() for m in table]
-        raise NotFoundError("api.endpoint", f"/{endpoint} is not supported; supported: {', '.join(served)}")
+        raise NotFoundError(
+            "api.endpoint", f"/{endpoint} is not supported; supported: {', '.join(supported())}"
+        )
     if method.upper() not in methods:
         raise RequestError("api.method", f"/{endpoint} accepts {' or '.join(methods)}, got {method!r}")
     return methods[method.upper()]
+
+
+def supported() -> list[str]:
+    """Every served call as "METHOD /path"."""
+    return [f"{method} /{path}" for path, table in ROUTES.items() for method in table]
+
+
+def dispatch(engine, method: str, endpoint: str, payload: dict[str, Any], on_progress=None) -> Any:
+    """Serve one A1111 API call on `engine` and return its JSON-able response body (None for A1111's null).
+
+    Args:
+        engine: the `Engine`; its `options` (OptionsStore) and `jobs` (JobState) hold the A1111 state.
+        on_progress: called with each `Progress` of a generation, after the job state is updated.
+    """
+    from engine import listings  # deferred: listings reach into torch-backed parts, this table is pure
+
+    name = route(method, endpoint)
+    if name in GENERATION_REQUESTS:
+        return _generate(engine, name, payload, on_progress)
+    serve = getattr(listings, name)
+    if name not in QUEUED:
+        return serve(engine, payload)
+    with engine.jobs.queue:
+        return serve(engine, payload)
+
+
+def _generate(engine, name: str, payload: dict[str, Any], on_progress) -> dict[str, Any]:
+    request = GENERATION_REQUESTS[name].parse(payload)
+    encoding = engine.options.encoding(request.override_settings)
+    passes = 2 if isinstance(request, Txt2ImgRequest) and request.enable_hr else 1
+    with engine.jobs.queue, engine.jobs.running(name, request.force_task_id, passes) as record:
+
+        def report(progress) -> None:
+            record(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+        result = getattr(engine, name)(request, report)
+    # A1111 `encode_pil_to_base64`, in the format the options (or this request's override_settings) ask for.
+    pairs = zip(result.images, result.infotexts, strict=True) if request.send_images is not False else ()
+    images = [encode_base64(image, text, encoding) for image, text in pairs]
+    if request.send_images is not False:
+        # ControlNet's detected maps follow the results, as A1111 + ControlNet returns them.
+        images += [encode_base64(image, None, encoding) for image in result.detected_maps]
+    body: dict[str, Any] = {
+        "images": images,
+        "parameters": result.parameters,
+        "info": result.info,
+    }
+    if result.warnings:
+        body["warnings"] = list(result.warnings)
+    return body
+
+
+@dataclass
+class _Job:
+    name: str
+    task_id: str
+    passes: int
+    started: float
+    timestamp: str
+    job_no: int = 0
+    job_count: int = 1
+    sampling_step: int = 0
+    sampling_steps: int = 0
+
+
+class JobState:
+    """A1111's `shared.state` as the API shows it: the job running now (`GET /progress`), the interrupt flag,
+    and the queue that runs GPU jobs one at a time. Thread-safe."""
+
+    def __init__(self):
+        self.queue = threading.Lock()
+        self._lock = threading.Lock()
+        self._job: _Job | None = None
+        self._interrupted = False
+
+    @contextlib.contextmanager
+    def running(self, name: str, task_id: str | None, passes: int) -> Iterator[Callable[[Any], None]]:
+        """Mark a generation as running; yields the callback that records its `Progress` (and raises
+        `JobInterrupted` once an interrupt was asked for)."""
+        job = _Job(
+            name,
+            task_id or f"task({uuid.uuid4().hex[:15]})",
+            passes,
+            time.time(),
+            time.strftime("%Y%m%d%H%M%S"),
+        )
+        with self._lock:
+            self._job, self._interrupted = job, False
+        try:
+            yield self._record
+        finally:
+            with self._lock:
+                self._job, self._interrupted = None, False
+
+    def _record(self, progress) -> None:
+        with self._lock:
+            job = self._job
+            if job is not None:
+                # A1111 counts the base and hires passes of each batch as separate jobs; detailing belongs to
+                # the last pass.
+                job.job_count = progress.iterations * job.passes
+                job.job_no = progress.iteration * job.passes + (1 if progress.stage == "hires" else 0)
+                job.sampling_step, job.sampling_steps = progress.call + 1, progress.total or 0
+            if self._interrupted:
+                raise JobInterrupted("interrupted: stopped by POST /sdapi/v1/interrupt")
+
+    def interrupt(self) -> None:
+        """Stop the running job at its next model call (no effect when idle, as in A1111)."""
+        with self._lock:
+            if self._job is not None:
+                self._interrupted = True
+                logger.info("interrupting %s", self._job.task_id)
+
+    def progress(self) -> dict[str, Any]:
+        """`GET /sdapi/v1/progress` (A1111 `progressapi`): progress 0..1, eta_relative (s), the state."""
+        with self._lock:
+            job, interrupted = self._job, self._interrupted
+            if job is None:
+                state = {
+                    "skipped": False,
+                    "interrupted": False,
+                    "stopping_generation": False,
+                    "job": "",
+                    "job_count": 0,
+                    "job_timestamp": "0",
+                    "job_no": 0,
+                    "sampling_step": 0,
+                    "sampling_steps": 0,
+                }
+                return {
+                    "progress": 0.0,
+                    "eta_relative": 0.0,
+                    "state": state,
+                    "current_image": None,
+                    "textinfo": None,
+                    "current_task": None,
+                }
+            # A1111's formula: 0.01 so the ETA never divides by zero, plus finished jobs and this job's steps.
+            fraction = 0.01 + job.job_no / job.job_count
+            if job.sampling_steps > 0:
+                fraction += job.sampling_step / job.sampling_steps / job.job_count
+            elapsed = time.time() - job.started
+            state = {
+                "skipped": False,
+                "interrupted": interrupted,
+                "stopping_generation": False,
+                "job": f"scripts_{job.name}",
+                "job_count": job.job_count,
+                "job_timestamp": job.timestamp,
+                "job_no": job.job_no,
+                "sampling_step": job.sampling_step,
+                "sampling_steps": job.sampling_steps,
+            }
+            return {
+                "progress": min(fraction, 1.0),
+                "eta_relative": elapsed / fraction - elapsed,
+                "state": state,
+                "current_image": None,
+                "textinfo": None,
+                "current_task": job.task_id,
+            }
+
+
+# A tiny request through the whole path (parse, plan, sampler, UNet, VAE, PNG), so imports and first-call
+# costs (allocator, kernels, PIL plugins) are paid at start-up and not by the first client.
+WARM_UP_PAYLOAD = {
+    "prompt": "warm-up",
+    "negative_prompt": "",
+    "seed": 1,
+    "steps": 2,
+    "width": 64,
+    "height": 64,
+    "sampler_name": "Euler a",
+}
+
+
+def warm_up(engine, ad_models: tuple[str, ...] = ()) -> None:
+    """Load the default (and PRELOAD) checkpoints and the named ADetailer detectors, then generate once.
+
+    Raises:
+        EngineError: a named checkpoint or detector does not exist (a worker must not start half-configured).
+    """
+    from PIL import Image
+
+    started = time.perf_counter()
+    engine.warm_up()
+    for name in ad_models:
+        detector = engine.detectors.for_model(engine.catalog, name, field="PRELOAD_ADETAILER")
+        detector.detect(Image.new("RGB", (64, 64)), 0.3)  # ultralytics fuses layers on the first call
+    if engine.default_checkpoint() is None:
+        logger.warning("no checkpoint in %s: nothing to warm up", engine.catalog.root)
+        return
+    engine.handle("POST", "sdapi/v1/txt2img", dict(WARM_UP_PAYLOAD))
+    logger.info("warmed up in %.1f s", time.perf_counter() - started)

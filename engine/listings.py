@@ -1,0 +1,321 @@
+"""The A1111 endpoints that do not generate: each a function (engine, payload) → response body."""
+
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from PIL import Image
+
+from engine import samplers as sampler_table
+from engine.errors import RequestError
+
+
+logger = logging.getLogger(__name__)
+
+
+# --- models on disk ----------------------------------------------------------------------------------------
+
+
+def sd_models(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/sd-models`: hashes only where already known (A1111 does not hash on listing)."""
+    listed = []
+    for entry in engine.catalog.checkpoints():
+        sha256 = None if entry.is_folder else entry.hashes.peek(entry.path, "sha256")
+        listed.append(
+            {
+                "title": entry.title,
+                "model_name": entry.model_name,
+                "hash": sha256[:10] if sha256 else None,
+                "sha256": sha256,
+                "filename": str(entry.path),
+                "config": str(entry.config) if entry.config else None,
+            }
+        )
+    return listed
+
+
+def sd_vae(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/sd-vae`: A1111's `vae_dict`, keyed by file name with extension."""
+    return [{"model_name": entry.name, "filename": str(entry.path)} for entry in engine.catalog.vaes()]
+
+
+def loras(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/loras` (A1111's Lora extension): name, alias (`ss_output_name`), path, metadata."""
+    return [
+        {"name": entry.name, "alias": entry.alias, "path": str(entry.path), "metadata": entry.metadata}
+        for entry in engine.catalog.loras()
+    ]
+
+
+def embeddings(engine, payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`GET /sdapi/v1/embeddings`: every readable embedding under "loaded", unreadable files under "skipped".
+
+    A1111 lists only the embeddings that fit the loaded model as loaded; here the model is chosen per request,
+    so every readable file is listed (a prompt naming one that does not fit its model gets a note).
+    """
+    from engine.prompts.embeddings import EmbeddingFormatError, load_embedding
+
+    loaded, skipped = {}, {}
+    for entry in engine.catalog.entries("embeddings"):
+        try:
+            embedding = load_embedding(entry)
+        except EmbeddingFormatError as exc:
+            logger.info("embeddings listing: skipping %s: %s", entry.path, exc)
+            skipped[entry.stem] = _embedding_item(None, None)
+            continue
+        loaded[embedding.name] = _embedding_item(embedding.width, embedding.count)
+    return {"loaded": loaded, "skipped": skipped}
+
+
+def _embedding_item(shape: int | None, vectors: int | None) -> dict[str, Any]:
+    # A1111 also reports the training step and checkpoint stored in .pt files; this worker does not read them.
+    return {
+        "step": None,
+        "sd_checkpoint": None,
+        "sd_checkpoint_name": None,
+        "shape": shape,
+        "vectors": vectors,
+    }
+
+
+def refresh_checkpoints(engine, payload: dict[str, Any]) -> None:
+    engine.catalog.refresh("checkpoints")
+
+
+def refresh_vae(engine, payload: dict[str, Any]) -> None:
+    engine.catalog.refresh("vae")
+
+
+def refresh_loras(engine, payload: dict[str, Any]) -> None:
+    engine.catalog.refresh("lora")
+
+
+def refresh_embeddings(engine, payload: dict[str, Any]) -> None:
+    engine.catalog.refresh("embeddings")
+
+
+def ad_model(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /adetailer/v1/ad_model`."""
+    from engine.detailer.detect import ad_model_listing
+
+    return ad_model_listing(engine.catalog)
+
+
+# --- capabilities ------------------------------------------------------------------------------------------
+
+
+def samplers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return sampler_table.sampler_list()
+
+
+def schedulers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return sampler_table.scheduler_list()
+
+
+def upscalers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return engine.upscalers.listing()
+
+
+def realesrgan_models(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return engine.upscalers.realesrgan_listing()
+
+
+def latent_upscale_modes(engine, payload: dict[str, Any]) -> list[dict[str, str]]:
+    from engine.upscale.latent import latent_upscale_mode_list
+
+    return latent_upscale_mode_list()
+
+
+def face_restorers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """None: GFPGAN/CodeFormer face restoration is not supported (`restore_faces` is refused)."""
+    return []
+
+
+def prompt_styles(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """None: this worker has no styles.csv (`styles` in a request is refused)."""
+    return []
+
+
+def scripts(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /sdapi/v1/scripts`: the `alwayson_scripts` a request may use, by A1111's lower-case script names.
+    Clients such as webuiapi look here to decide which extension arguments to send."""
+    from engine.translate.common import SUPPORTED_SCRIPTS
+
+    names = sorted(SUPPORTED_SCRIPTS)
+    return {"txt2img": names, "img2img": names}
+
+
+# --- state -------------------------------------------------------------------------------------------------
+
+
+def options(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    return engine.options.listing()
+
+
+def set_options(engine, payload: dict[str, Any]) -> dict[str, list[str]] | None:
+    """`POST /sdapi/v1/options`: A1111 answers null; keys this worker does not read are stored, reported."""
+    warnings = engine.options.set(payload)
+    return {"warnings": warnings} if warnings else None
+
+
+def progress(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    return engine.jobs.progress()
+
+
+def interrupt(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    engine.jobs.interrupt()
+    return {}
+
+
+def memory(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`GET /sdapi/v1/memory`: this process's RAM and CUDA memory in A1111's shape (bytes); a part that
+    cannot be read is `{"error": ...}`, as in A1111."""
+    return {"ram": _ram(), "cuda": _cuda_memory(engine)}
+
+
+def _ram() -> dict[str, Any]:
+    try:
+        import psutil
+
+        used = psutil.Process(os.getpid()).memory_info().rss
+        total = psutil.virtual_memory().total
+    except Exception as exc:  # A1111 reports any failure here in the body instead of failing the call
+        return {"error": str(exc)}
+    return {"free": total - used, "used": used, "total": total}
+
+
+def _cuda_memory(engine) -> dict[str, Any]:
+    import torch
+
+    device = engine.precision.device
+    if device.type != "cuda":
+        return {"error": "unavailable"}
+    free, total = torch.cuda.mem_get_info(device)
+    stats = torch.cuda.memory_stats(device)
+
+    def pair(name: str) -> dict[str, int]:
+        return {"current": stats.get(f"{name}.all.current", 0), "peak": stats.get(f"{name}.all.peak", 0)}
+
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": pair("active_bytes"),
+        "allocated": pair("allocated_bytes"),
+        "reserved": pair("reserved_bytes"),
+        "inactive": pair("inactive_split_bytes"),
+        "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+    }
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+
+def extra_single_image(engine, payload: dict[str, Any]) -> dict[str, str]:
+    from engine.upscale.extras import extra_single_image as upscale
+
+    return upscale(payload, engine.upscalers, engine.settings.max_pixels)
+
+
+def png_info(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`POST /sdapi/v1/png-info`: the infotext of a PNG (text chunk) or JPEG/WEBP (EXIF UserComment), the
+    image's other metadata, and the infotext parsed into A1111's parameter names."""
+    from engine.imaging.png import read_image_info
+
+    with _decode(payload.get("image")) as image:
+        infotext, items = read_image_info(image)
+    infotext = infotext or ""
+    return {"info": infotext, "items": items, "parameters": parse_infotext(infotext)}
+
+
+def _decode(text: Any) -> Image.Image:
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError("image", "is required: a base64-encoded image")
+    text = text.strip()
+    if text.startswith("data:image/"):
+        text = text.partition(",")[2]
+    try:
+        return Image.open(io.BytesIO(base64.b64decode(text)))
+    # ImportError: once ultralytics is imported (ADetailer), its patched `Image.open` retries unidentified
+    # data through an optional HEIF plugin that is not installed.
+    except (binascii.Error, ValueError, OSError, ImportError) as exc:
+        raise RequestError("image", f"is not a base64-encoded image ({exc})") from None
+
+
+# One "Key: value" of an infotext's last line; a value is a JSON string in quotes, or runs to the next comma.
+INFOTEXT_PARAMETER = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+# What A1111's `parse_generation_parameters` fills in for keys an infotext leaves out (the ones we read).
+INFOTEXT_DEFAULTS: dict[str, Any] = {
+    "Clip skip": "1",
+    "Hires resize-1": 0,
+    "Hires resize-2": 0,
+    "Hires sampler": "Use same sampler",
+    "Hires schedule type": "Use same scheduler",
+    "Hires checkpoint": "Use same checkpoint",
+    "Hires prompt": "",
+    "Hires negative prompt": "",
+    "RNG": "GPU",
+    "Schedule type": "Automatic",
+    "Emphasis": "Original",
+}
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """A1111 `parse_generation_parameters`: prompt lines, then "Negative prompt:" lines, then one line of
+    "Key: value" pairs (recognised when it holds at least three). Values stay strings, quoted ones unquoted;
+    "WxH" values split into "Key-1" and "Key-2".
+    """
+    *lines, last = text.strip().split("\n")
+    if len(INFOTEXT_PARAMETER.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    texts = {"Prompt": "", "Negative prompt": ""}
+    current = "Prompt"
+    for line in (line.strip() for line in lines):
+        if line.startswith("Negative prompt:"):
+            current, line = "Negative prompt", line[len("Negative prompt:") :].strip()
+        # A1111 joins lines with "\n", starting afresh while the text so far is empty.
+        texts[current] = f"{texts[current]}\n{line}" if texts[current] else line
+    parameters: dict[str, Any] = {}
+    for key, value in INFOTEXT_PARAMETER.findall(last):
+        value = _unquote(value.strip())
+        size = IMAGE_SIZE.match(value)
+        if size:
+            parameters[f"{key}-1"], parameters[f"{key}-2"] = size[1], size[2]
+        else:
+            parameters[key] = value
+    return {**INFOTEXT_DEFAULTS, **parameters, **texts}
+
+
+def _unquote(value: str) -> str:
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def controlnet_model_list(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /controlnet/model_list`: `{"model_list": ["name [hash]", …]}` as sd-webui-controlnet lists them."""
+    from engine.control import api
+
+    return api.model_list(engine.catalog, payload)
+
+
+def controlnet_module_list(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`GET /controlnet/module_list`."""
+    from engine.control import api
+
+    return api.module_list(engine.catalog, payload)
+
+
+def controlnet_detect(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`POST /controlnet/detect`: run a preprocessor module on images, return the maps."""
+    from engine.control import api
+
+    return api.detect(engine.catalog, payload, engine.control_models)
