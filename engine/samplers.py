@@ -244,3 +244,39 @@ def scheduler_list() -> list[dict]:
          "default_rho": row.default_rho, "need_inner_model": row.need_inner_model}
         for row in SCHEDULES
     ]
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Sampler knobs from the request and A1111's settings, with A1111's defaults.
+
+    eta: None = the sampler's default (A1111 `eta_ancestral` 1.0 for k-diffusion samplers, `eta_ddim` 0.0 for
+        DDIM).
+    s_noise, s_churn, s_tmin, s_tmax: Karras noise knobs, used only by the samplers A1111 passes them to;
+        s_tmax 0 means infinity, as in A1111.
+    sigma_min, sigma_max, rho: schedule overrides, 0 = the model's / the schedule's default.
+    always_discard_next_to_last_sigma, use_old_karras_scheduler_sigmas, sgm_noise_multiplier,
+    beta_dist_alpha, beta_dist_beta, uni_pc_*: A1111 settings of the same names.
+    randn_source: "GPU" or "CPU", for the Brownian trees (the image generators are made by `ImageNoise`).
+    sdxl: the checkpoint is SDXL (Align Your Steps has a separate table for it).
+    """
+
+    eta: float | None = None
+    s_noise: float = 1.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    always_discard_next_to_last_sigma: bool = False
+    use_old_karras_scheduler_sigmas: bool = False
+    sgm_noise_multiplier: bool = False
+    beta_dist_alpha: float = 0.6
+    beta_dist_beta: float = 0.6
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
+    randn_source: str = "GPU"
+    sdxl: bool = False

@@ -24,7 +24,8 @@ def test_engine_runs_a_payload_dict(demo_models):
     assert result.images[0].size == (64, 64)
     info = json.loads(result.info)
     # No default configured: like A1111, the first checkpoint by name.
-    assert info["sd_model_name"] == "tiny-sd15"
+    first = sorted(engine.catalog.checkpoints(), key=lambda entry: entry.name.lower())[0]
+    assert info["sd_model_name"] == first.name_for_extra
     assert info["steps"] == 2 and info["seed"] == 11
     assert result.response()["parameters"]["prompt"] == "a lighthouse"
 

@@ -8,7 +8,7 @@ from engine.errors import RequestError, UnsupportedError
 from engine.plan import NoiseSpec
 from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OVERRIDE_SETTINGS
 from engine.prompts.parser import extract_extra_networks
-from engine.sampling.schedulers import SamplerOptions
+from engine.samplers import SamplerOptions
 from engine.settings import Settings
 from engine.wire.txt2img import GenerationRequest
 
