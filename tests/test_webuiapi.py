@@ -66,3 +66,22 @@ def test_img2img_keeps_size_and_changes_the_image(api):
     assert result.images[0].size == (64, 64)
     assert not np.array_equal(np.asarray(result.images[0].convert("RGB")), np.asarray(source))
     assert result.parameters["init_images"] is None  # A1111 echoes them only with include_init_images
+
+
+def test_txt2img_with_adetailer_units_as_webuiapi_sends_them(api):
+    # webuiapi still sends the legacy `ad_mask_k_largest`; the random tiny YOLO needs a tiny confidence.
+    unit = webuiapi.ADetailer(ad_model="face_yolov8n.pt", ad_confidence=0.001, ad_mask_k_largest=1)
+    result = api.txt2img(**SMALL, adetailer=[unit])
+    assert len(result.images) == 1
+    assert "ADetailer model: face_yolov8n.pt" in result.info["infotexts"][0]
+
+
+def test_txt2img_with_a_controlnet_unit_returns_the_detected_map(api):
+    edges = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))).convert("RGB")
+    unit = webuiapi.ControlNetUnit(
+        image=edges, module="canny", model="control_v11p_sd15_canny", processor_res=64
+    )
+    result = api.txt2img(**SMALL, controlnet_units=[unit])
+    # The result first, then the canny map, as A1111 + ControlNet returns them.
+    assert len(result.images) == 2
+    assert result.images[1].size == (64, 64)
