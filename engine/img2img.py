@@ -57,13 +57,26 @@ def img2img_pass(
     request = replace(
         base, steps_total=steps_total, steps_run=steps_run, noise_multiplier=init.noise_multiplier
     )
-    init_latents = InitLatents(latents, repaint)
+    conditioning = _image_conditioning(pipe, prepared, plan, init.mask_round, generator)
+    init_latents = InitLatents(latents, repaint, conditioning)
     result = run_pass(pipe, request, noise, init_latents, on_step, models.embeddings, models.control)
     output.add(result)
     images = pipe.decode_to_images(result.latents)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images
+
+
+def _image_conditioning(pipe, prepared: PreparedInit, plan: GenerationPlan, round_mask: bool, generator):
+    """An inpainting checkpoint's mask + masked-image input (A1111 `img2img_image_conditioning`): the VAE
+    sample continues the generator that sampled the init latents, as A1111's global RNG does. Without a mask
+    the whole image counts as masked."""
+    if not pipe.is_inpainting:
+        return None
+    if prepared.regions is None:
+        return pipe.full_mask_conditioning(len(prepared.images), plan.width, plan.height, generator)
+    masks = [region.mask for region in prepared.regions]
+    return pipe.inpainting_conditioning(prepared.images, masks, generator, round_mask)
 
 
 def _prepare(init: InitPlan, plan: GenerationPlan, batch: slice) -> PreparedInit:

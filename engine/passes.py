@@ -37,10 +37,15 @@ class PassRequest:
 
 @dataclass(frozen=True)
 class InitLatents:
-    """Where an img2img pass starts: the encoded image, and for inpainting the latent mask (1 = repaint)."""
+    """Where an img2img pass starts: the encoded image, and for inpainting the latent mask (1 = repaint).
+
+    `image_conditioning` is an inpainting checkpoint's extra UNet input (`pipe.inpainting_conditioning`); None
+    lets `run_pass` give such a checkpoint the fully masked gray one (hires fix, as A1111 does).
+    """
 
     latents: torch.Tensor
     repaint_mask: torch.Tensor | None = None
+    image_conditioning: torch.Tensor | None = None
 
     def blend(self, latents: torch.Tensor) -> torch.Tensor:
         """Keep the original outside the mask (A1111's `denoised·nmask + init·mask`)."""
@@ -117,7 +122,10 @@ def run_pass(
             second_order=request.sampler.choice.second_order,
             hires=request.shape.hires,
         )
-    unet = GuidedUNet(pipe.unet, request.guidance_scale, conditioning, control=stack)
+    image_conditioning = _image_conditioning(pipe, request, noise, init)
+    unet = GuidedUNet(
+        pipe.unet, request.guidance_scale, conditioning, control=stack, image_conditioning=image_conditioning
+    )
     start = initial * sampler.start_sigma
     if init is not None:
         init = replace(init, latents=init.latents.to(device=device, dtype=torch.float32))
@@ -128,3 +136,14 @@ def run_pass(
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
     return PassResult(latents, unet.calls, conditioning.extra_generation_params, conditioning.notes)
+
+
+def _image_conditioning(pipe: A1111Pipeline, request: PassRequest, noise: NoiseSpec, init: InitLatents | None):
+    """The inpainting UNet's mask + masked-image input: the caller's, else (txt2img, hires fix) A1111's
+    `txt2img_image_conditioning`, its VAE sample drawn from the global RNG last seeded by the last seed."""
+    if not pipe.is_inpainting:
+        return None
+    if init is not None and init.image_conditioning is not None:
+        return init.image_conditioning
+    generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
+    return pipe.full_mask_conditioning(len(request.prompts), request.width, request.height, generator)

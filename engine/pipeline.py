@@ -2,12 +2,20 @@
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from PIL import Image
 
 from engine.imaging import vae_tiling
 from engine.imaging.vae_tiling import VaeTiling
 from engine.prompts.encode import ClipSlot, Parser, PromptEncoder
+
+
+# An inpainting UNet reads the noisy latent (4 channels), the mask (1) and the masked image's latent (4).
+INPAINTING_IN_CHANNELS = 9
+# A1111's `inpainting_mask_weight` option (default 1.0; infotext "Conditional mask weight"): how far the
+# conditioning image is masked, 1.0 = the masked area fully blanked.
+INPAINTING_MASK_WEIGHT = 1.0
 
 
 class A1111Pipeline(DiffusionPipeline):
@@ -44,6 +52,17 @@ class A1111Pipeline(DiffusionPipeline):
     @property
     def family(self) -> str:
         return "sdxl" if self.is_sdxl else "sd15"
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel UNet (sd-v1-5-inpainting, SDXL inpainting): every pass feeds it the masked image."""
+        return self.unet.config.in_channels == INPAINTING_IN_CHANNELS
+
+    def with_vae(self, vae) -> "A1111Pipeline":
+        """A pipeline sharing every component but the VAE, for one request's `sd_vae`; `self` is untouched."""
+        view = A1111Pipeline(**{**self.components, "vae": vae})
+        view.vae_tiling = self.vae_tiling
+        return view
 
     def prompt_encoder(self, parse: Parser, comma_backtrack: int = 20) -> PromptEncoder:
         """The text side as A1111 runs it: SD1.5's CLIP-L honours CLIP skip; SDXL's two encoders
@@ -84,11 +103,12 @@ class A1111Pipeline(DiffusionPipeline):
     def encode_images(self, images: list[Image.Image], generator: torch.Generator) -> torch.Tensor:
         """VAE-encode a batch of images as A1111's `images_tensor_to_samples`: pixels to [-1, 1], then a *sample*
         of the posterior (not its mean), the noise drawn in fp32 on the CPU from `generator`, × scaling factor."""
+        return self.encode_pixels(_signed_pixels(images), generator)
+
+    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """`encode_images` for a (batch, 3, height, width) tensor already in [-1, 1]."""
         vae = self.vae
-        pixels = torch.stack(
-            [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0) for image in images]
-        )
-        pixels = pixels.permute(0, 3, 1, 2).to(device=vae.device, dtype=vae.dtype) * 2.0 - 1.0
+        pixels = pixels.to(device=vae.device, dtype=vae.dtype)
         posterior = vae_tiling.encode(vae, pixels, self.vae_tiling)
         noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
         sample = posterior.mean.float() + posterior.std.float() * noise.to(vae.device)
@@ -97,3 +117,46 @@ class A1111Pipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.vae
         return vae_tiling.decode(vae, latents.to(vae.dtype) / vae.config.scaling_factor, self.vae_tiling)
+
+    def inpainting_conditioning(
+        self,
+        images: list[Image.Image],
+        masks: list[Image.Image],
+        generator: torch.Generator,
+        round_mask: bool = True,
+    ) -> torch.Tensor:
+        """An inpainting UNet's input besides the latent in img2img (A1111 `inpainting_image_conditioning`).
+
+        Args:
+            images: the init images at the pass's size, as the VAE encodes them.
+            masks: per image, the processed "L" mask at the same size (white = repaint). Without a mask
+                A1111 masks everything: that is `full_mask_conditioning` (the blanked image is plain gray).
+            generator: draws the VAE posterior's sample (A1111 samples it, as for the init latents).
+            round_mask: A1111 rounds the mask to 0/1 first (`mask_round`, default on).
+
+        Returns:
+            (batch, 5, height / 8, width / 8): the mask, resized nearest-neighbour to latent size, then the
+            latent of the image blanked (0 in [-1, 1], i.e. gray) under the mask.
+        """
+        pixels = _signed_pixels(images)
+        mask = torch.stack([torch.from_numpy(np.asarray(m.convert("L"), dtype=np.float32)) for m in masks])
+        mask = mask[:, None] / 255.0
+        mask = torch.round(mask) if round_mask else mask
+        masked = torch.lerp(pixels, pixels * (1.0 - mask), INPAINTING_MASK_WEIGHT)
+        latents = self.encode_pixels(masked, generator)
+        small_mask = F.interpolate(mask, size=latents.shape[-2:]).to(latents)
+        return torch.cat([small_mask, latents], dim=1)
+
+    def full_mask_conditioning(self, batch: int, width: int, height: int, generator: torch.Generator):
+        """An inpainting UNet's extra input in txt2img and hires fix (A1111 `txt2img_image_conditioning`):
+        everything masked, so the masked image is plain gray. Returns (batch, 5, height / 8, width / 8)."""
+        latents = self.encode_pixels(torch.zeros(batch, 3, height, width), generator)
+        return torch.cat([torch.ones_like(latents[:, :1]), latents], dim=1)
+
+
+def _signed_pixels(images: list[Image.Image]) -> torch.Tensor:
+    """RGB images as a float32 (batch, 3, height, width) tensor in [-1, 1]."""
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0) for image in images]
+    )
+    return pixels.permute(0, 3, 1, 2) * 2.0 - 1.0

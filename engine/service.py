@@ -19,11 +19,13 @@ from engine.imaging.png import png_base64
 from engine.imaging.vae_tiling import VaeTiling
 from engine.networks.lora import apply_loras
 from engine.options import OptionsStore
+from engine.pipeline import INPAINTING_MASK_WEIGHT
 from engine.plan import GenerationPlan
 from engine.prompts.embeddings import EmbeddingDatabase
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
+from engine.resources.vae import ExternalVaes, vae_infotext_fields
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
@@ -83,6 +85,7 @@ class Engine:
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device))
         self.embeddings = EmbeddingDatabase(self.catalog)
+        self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.control_models = ControlModels(
             settings.models_dir, settings.config_roots, self.precision.device, self.precision.dtype
         )
@@ -125,11 +128,12 @@ class Engine:
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
         entry = self.resolve_checkpoint(plan.checkpoint)
         resolved = self._resolve(plan)
+        vae = self.vaes.resolve(plan.vae, entry)  # an unknown sd_vae fails before any work
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
         with self._generation_lock:
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
-            models = self._models(entry, plan, resolved)
+            models = self._models(entry, plan, resolved, vae)
             if plan.control_units:
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
@@ -146,7 +150,9 @@ class Engine:
                 output = generate(plan, models, on_progress)
         # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis.
         extra = {**dict(plan.infotext_extra), **loras.extra_generation_params, **output.extra_params}
-        fields = _infotext_fields(request, plan, entry, extra)
+        if models.base.is_inpainting:
+            extra["Conditional mask weight"] = INPAINTING_MASK_WEIGHT
+        fields = _infotext_fields(request, plan, entry, extra, vae)
         records = [
             infotexts.ImageRecord(prompt, negative, seed, subseed)
             for prompt, negative, seed, subseed in zip(
@@ -163,6 +169,7 @@ class Engine:
                 batch_size=plan.batch_size,
                 job_timestamp=job_timestamp,
                 denoising_strength=request.denoising_strength if plan.hires or plan.init else None,
+                extra_keys={"is_using_inpainting_conditioning": True} if models.base.is_inpainting else None,
             ),
             parameters=request.parameters(),
             warnings=[
@@ -197,9 +204,10 @@ class Engine:
         ]
         return resolved
 
-    def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any]) -> Models:
+    def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any], vae) -> Models:
         """Load (or fetch from the resident cache) everything the plan runs on; call under the lock."""
-        base = self._pipelines.get(entry)
+        # An external VAE is used through a view of the pipeline: the shared one is never changed.
+        base = self.vaes.pipeline_for(self._pipelines.get(entry), vae, entry)
         hires_entry = resolved["hires_entry"]
         return Models(
             base=base,
@@ -254,7 +262,7 @@ class Engine:
         return pipeline
 
 
-def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict):
+def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict, vae):
     choice = plan.sampler.choice
     return infotexts.InfotextFields(
         steps=plan.num_inference_steps,
@@ -271,4 +279,5 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
         extra=extra,
+        **vae_infotext_fields(vae),
     )

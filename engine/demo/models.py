@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.control.demo import write_tiny_control_models
-from engine.demo.tiny import write_tiny_checkpoint
+from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
 from engine.upscale.demo import write_tiny_esrgan
 
@@ -18,6 +18,10 @@ from engine.upscale.demo import write_tiny_esrgan
 DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(write_tiny_checkpoint, "sd15", "tiny-sd15"),
     functools.partial(write_tiny_checkpoint, "sdxl", "tiny-sdxl"),
+    # Its own seed, so its weights differ from tiny-sd15's everywhere, not only in the 9-channel input.
+    functools.partial(
+        write_tiny_checkpoint, "sd15", "tiny-sd15-inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
+    ),
     write_tiny_esrgan,
     write_tiny_yolo,
     write_tiny_control_models,

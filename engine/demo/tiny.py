@@ -4,6 +4,7 @@ The weights are random: the models produce noise. They exist so that tests, CI a
 weights can run the whole product on the same code path and file formats as real checkpoints.
 """
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from engine.demo.ldm_format import single_file_state_dict
+from engine.demo.ldm_format import single_file_state_dict, vae_to_ldm
 from engine.demo.tokenizer import (
     END_OF_TEXT,
     MODEL_MAX_LENGTH,
@@ -147,14 +148,18 @@ _SCHEDULERS = {
     ),
 }
 FAMILIES = tuple(_UNET_CONFIGS)
+LATENT_CHANNELS = 4
+# An inpainting UNet's input: the noisy latent, the mask and the masked image's latent (4 + 1 + 4).
+INPAINTING_IN_CHANNELS = 9
 
 
-def tiny_components(family: str, seed: int = 0) -> dict:
+def tiny_components(family: str, seed: int = 0, in_channels: int = LATENT_CHANNELS) -> dict:
     """Diffusers pipeline components of a tiny random-weight model, fp32, deterministic for a seed.
 
     Args:
         family: "sd15" (StableDiffusionPipeline) or "sdxl" (StableDiffusionXLPipeline).
         seed: seeds the initialisation; the caller's torch RNG state is left untouched.
+        in_channels: the UNet's input channels: 4, or 9 for an inpainting model.
 
     Returns:
         {"unet", "vae", "text_encoder", "tokenizer", ["text_encoder_2", "tokenizer_2",] "scheduler"}.
@@ -164,7 +169,7 @@ def tiny_components(family: str, seed: int = 0) -> dict:
     components: dict = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        components["unet"] = UNet2DConditionModel(**_UNET_CONFIGS[family])
+        components["unet"] = UNet2DConditionModel(**_UNET_CONFIGS[family], in_channels=in_channels)
         components["vae"] = AutoencoderKL(**_VAE_CONFIG, **_VAE_OVERRIDES[family])
         for name, tokenizer_name, model_class, width, hidden_act, pad_token in _TEXT_ENCODERS[family]:
             tokenizer = _load_tokenizer(pad_token)
@@ -194,13 +199,51 @@ def write_config_folder(components: dict, dest: Path) -> Path:
     return dest
 
 
-def write_tiny_checkpoint(family: str, name: str, models_dir: Path, seed: int = 0) -> list[Path]:
-    """Write `Stable-diffusion/<name>.safetensors` (LDM layout, fp32) and `configs/<name>/` under models_dir."""
-    components = tiny_components(family, seed)
+def write_tiny_checkpoint(
+    family: str, name: str, models_dir: Path, seed: int = 0, in_channels: int = LATENT_CHANNELS
+) -> list[Path]:
+    """Write `Stable-diffusion/<name>.safetensors` (LDM layout, fp32) and `configs/<name>/` under models_dir.
+
+    With `in_channels=9` the checkpoint is an inpainting model. Its config folder still describes the base
+    architecture (a 4-channel UNet), as the real SD1.5 config folder does for sd-v1-5-inpainting: the loader
+    must take the input width from the weights.
+    """
+    components = tiny_components(family, seed, in_channels)
     state_dict = single_file_state_dict(family, components)
     checkpoint = models_dir / CHECKPOINT_FOLDER / f"{name}.safetensors"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    partial = checkpoint.with_suffix(".partial")
+    _save_atomically(state_dict, checkpoint)
+    config_folder = write_config_folder(components, models_dir / CONFIG_FOLDER / name)
+    if in_channels != LATENT_CHANNELS:
+        unet_config = config_folder / "unet" / "config.json"
+        base_architecture = {**json.loads(unet_config.read_text()), "in_channels": LATENT_CHANNELS}
+        unet_config.write_text(json.dumps(base_architecture, indent=2))
+    logger.info(
+        "wrote demo model %s (%d tensors, random weights: produces noise)", checkpoint, len(state_dict)
+    )
+    return [checkpoint, config_folder]
+
+
+def write_tiny_vae(family: str, path: Path, seed: int = 1) -> AutoencoderKL:
+    """Write a tiny VAE of `family`'s architecture as an A1111 VAE file (`VAE/*.safetensors`).
+
+    Real VAE files (vae-ft-mse-840000-ema-pruned, sdxl_vae) hold the LDM autoencoder's keys without the
+    checkpoint's `first_stage_model.` prefix. Returns the VAE written (random weights, differing from the
+    demo checkpoints' own VAE for any seed but 0).
+    """
+    if family not in _VAE_OVERRIDES:
+        raise ValueError(f"unknown model family {family!r}; valid: {choices(FAMILIES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**_VAE_CONFIG, **_VAE_OVERRIDES[family])
+        _jitter_parameters(vae)
+    vae.eval()
+    _save_atomically(vae_to_ldm(vae.state_dict(), vae.config), path)
+    return vae
+
+
+def _save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
     # safetensors rejects tensors that share storage (views of the models' parameters): save own copies.
     save_file(
         {key: tensor.detach().contiguous().clone() for key, tensor in state_dict.items()},
@@ -209,12 +252,7 @@ def write_tiny_checkpoint(family: str, name: str, models_dir: Path, seed: int = 
     )
     # safetensors creates its files owner-only; a models folder is usually read by another user (a container).
     partial.chmod(CHECKPOINT_MODE)
-    partial.replace(checkpoint)  # the catalog never sees a half-written checkpoint
-    config_folder = write_config_folder(components, models_dir / CONFIG_FOLDER / name)
-    logger.info(
-        "wrote demo model %s (%d tensors, random weights: produces noise)", checkpoint, len(state_dict)
-    )
-    return [checkpoint, config_folder]
+    partial.replace(path)  # the catalog never sees a half-written file
 
 
 def _load_tokenizer(pad_token: str) -> CLIPTokenizer:

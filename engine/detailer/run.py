@@ -72,8 +72,13 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
         padding=unit.padding,
     )
     # A1111 samples the VAE posterior with the global RNG, last seeded with this pass's seed.
-    init = pipe.encode_images([region.init_image], torch.Generator("cpu").manual_seed(int(mask_prompt.seed)))
+    generator = torch.Generator("cpu").manual_seed(int(mask_prompt.seed))
+    init = pipe.encode_images([region.init_image], generator)
     repaint = torch.from_numpy(latent_mask(region.mask, width // 8, height // 8))[None, None].to(init.device)
+    # An inpainting checkpoint also reads the mask and the masked crop (A1111's img2img conditioning).
+    conditioning = None
+    if pipe.is_inpainting:
+        conditioning = pipe.inpainting_conditioning([region.init_image], [region.mask], generator)
     steps_total, steps_run = inpaint_steps(unit.num_inference_steps, unit.strength)
     options = prompt_options if unit.clip_skip is None else replace(prompt_options, clip_skip=unit.clip_skip)
     request = PassRequest(
@@ -90,7 +95,7 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
         noise_multiplier=unit.noise_multiplier,
     )
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
-    result = run_pass(pipe, request, noise, InitLatents(init, repaint), on_step, embeddings)
+    result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings)
     output.add(result)
     decoded = pipe.decode_to_images(result.latents)[0]
     return region.paste_back(decoded)

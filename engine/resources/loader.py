@@ -25,6 +25,10 @@ UNSUPPORTED_MARKERS = (
     ("an SDXL refiner", "conditioner.embedders.0.model."),
 )
 PIPELINE_CLASS_NAMES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+# The UNet's first convolution: its input width tells an inpainting checkpoint (9 = latent + mask + masked
+# image's latent) from a plain one (4), as A1111 picks `v1-inpainting-inference.yaml` or SDXL-inpaint by it.
+UNET_INPUT_WEIGHT = "model.diffusion_model.input_blocks.0.0.weight"
+UNET_INPUT_KINDS = {4: "plain", 9: "inpainting"}
 # The weights whose shapes tell real configs from tiny ones: (checkpoint key, config file, how to read it).
 SHAPE_PROBES = {
     "sd15": (
@@ -85,14 +89,59 @@ def load_pipeline(path: Path, config_roots: Sequence[Path], precision: Precision
         config = find_config_folder(path, family, config_roots)
         pipeline_class = getattr(diffusers, PIPELINE_CLASS_NAMES[family])
         extra = {"safety_checker": None, "feature_extractor": None} if family == "sd15" else {}
-        logger.info("loading %s (%s) with configs from %s", path.name, family, config)
+        in_channels = unet_in_channels(path)
+        if in_channels != json.loads((config / "unet" / "config.json").read_text())["in_channels"]:
+            # The config folder describes the base architecture (4 input channels); an inpainting file's UNet
+            # is built at the width of its weights, then handed to the pipeline loader as a ready component.
+            extra["unet"] = diffusers.UNet2DConditionModel.from_single_file(
+                str(path), config=str(config), subfolder="unet", in_channels=in_channels, **common
+            )
+        kind = UNET_INPUT_KINDS[in_channels]
+        logger.info("loading %s (%s, %s UNet) with configs from %s", path.name, family, kind, config)
         source = pipeline_class.from_single_file(str(path), config=str(config), **common, **extra)
     components = {name: getattr(source, name, None) for name in _COMPONENTS}
     pipeline = A1111Pipeline(**components).to(precision.device)
-    if precision.dtype != torch.float32 and pipeline.vae.config.get("force_upcast", False):
-        # SDXL's original VAE overflows in fp16 (black images); A1111 retries such decodes in fp32.
-        pipeline.vae.to(torch.float32)
+    _upcast_if_needed(pipeline.vae, precision)
     return pipeline
+
+
+def load_vae(path: Path, config_folder: Path, precision: Precision):
+    """Load an external VAE (`VAE/*.safetensors` in LDM layout, or a diffusers VAE folder) to the device.
+
+    Args:
+        path: the VAE file or folder.
+        config_folder: the checkpoint's diffusers config folder; its `vae/config.json` gives the architecture
+            and scaling factor (a VAE file carries no config, and A1111 loads it into the checkpoint's VAE).
+        precision: device and dtype, as for the checkpoint.
+    """
+    from diffusers import AutoencoderKL
+
+    common = {"torch_dtype": precision.dtype, "local_files_only": True}
+    if path.is_dir():
+        vae = AutoencoderKL.from_pretrained(path, **common)
+    elif path.suffix != ".safetensors":
+        raise UnsupportedError(
+            "override_settings.sd_vae", f"{path.name}: only .safetensors VAE files are loaded (no pickles)"
+        )
+    else:
+        vae = AutoencoderKL.from_single_file(str(path), config=str(config_folder), subfolder="vae", **common)
+    vae.to(precision.device)
+    _upcast_if_needed(vae, precision)
+    logger.info("loaded VAE %s with the config of %s", path.name, config_folder)
+    return vae
+
+
+def checkpoint_config_folder(path: Path, config_roots: Sequence[Path]) -> Path:
+    """The diffusers folder describing a checkpoint's architecture: itself, or the matching config folder."""
+    if path.is_dir():
+        return path
+    return find_config_folder(path, detect_family(path), config_roots)
+
+
+def _upcast_if_needed(vae, precision: Precision) -> None:
+    if precision.dtype != torch.float32 and vae.config.get("force_upcast", False):
+        # SDXL's original VAE overflows in fp16 (black images); A1111 retries such decodes in fp32.
+        vae.to(torch.float32)
 
 
 _COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_encoder_2", "tokenizer_2")
@@ -113,6 +162,19 @@ def detect_family(path: Path) -> str:
         if any(key.startswith(prefix) for key in keys):
             raise UnsupportedError("sd_model_checkpoint", f"{path.name} is {name}; supported: SD1.5 and SDXL")
     raise UnsupportedError("sd_model_checkpoint", f"{path.name} is not an SD1.5 or SDXL checkpoint")
+
+
+def unet_in_channels(path: Path) -> int:
+    """The UNet's input channels in a single-file checkpoint: 4, or 9 for an inpainting model."""
+    with safe_open(str(path), framework="pt") as handle:
+        in_channels = handle.get_slice(UNET_INPUT_WEIGHT).get_shape()[1]
+    if in_channels not in UNET_INPUT_KINDS:
+        # 8 channels is instruct-pix2pix, which A1111 runs with an image-edit conditioning we do not have.
+        raise UnsupportedError(
+            "sd_model_checkpoint",
+            f"{path.name}: a UNet with {in_channels} input channels; supported: 4 (plain) and 9 (inpainting)",
+        )
+    return in_channels
 
 
 def find_config_folder(path: Path, family: str, config_roots: Sequence[Path]) -> Path:

@@ -45,13 +45,23 @@ class GuidedUNet:
 
     Without `AND` this is the usual uncond + scale · (cond − uncond). `control` (an
     `engine.control.residuals.ControlStack`) adds ControlNet residuals and IP-Adapter image tokens per call.
+    `image_conditioning` (batch, C, h, w), one row per image, is concatenated to every row's input on the
+    channel axis, as A1111's `c_concat` for inpainting checkpoints (mask + masked image's latent).
     """
 
-    def __init__(self, unet, guidance_scale: float, conditioning_at: ConditioningAt, control=None):
+    def __init__(
+        self,
+        unet,
+        guidance_scale: float,
+        conditioning_at: ConditioningAt,
+        control=None,
+        image_conditioning: torch.Tensor | None = None,
+    ):
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.conditioning_at = conditioning_at
         self.control = control
+        self.image_conditioning = image_conditioning
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, call_index: int) -> torch.Tensor:
@@ -97,7 +107,12 @@ class GuidedUNet:
         if self.control is None:
             inputs = {"added_cond_kwargs": added}
         else:
+            # ControlNet reads the 4-channel latent, whatever the UNet's input width.
             inputs = self.control.unet_inputs(x, t, call_index, context, added, rows.layout())
+        if self.image_conditioning is not None:
+            # Each row takes its image's conditioning, cond and uncond rows alike (A1111 `image_cond_in`).
+            images = [*rows.cond_images, *rows.uncond_images]
+            x = torch.cat([x, self.image_conditioning[images].to(device=x.device, dtype=dtype)], dim=1)
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
 
 

@@ -185,8 +185,7 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "CLIP_stop_at_last_layers": _int_between(1, 12),
     "eta_noise_seed_delta": _int_between(0, 2**32),
     "randn_source": _choice("GPU", "CPU"),
-    # Only the checkpoint's own VAE so far; external VAE files arrive with the model library.
-    "sd_vae": _choice("Automatic", "None"),
+    "sd_vae": _string,
     "eta_ancestral": _number,
     "eta_ddim": _number,
     "s_churn": _number,

@@ -55,6 +55,7 @@ def plan_generation(
     adetailer = parse_adetailer_args(request.alwayson_scripts)
     plan = GenerationPlan(
         checkpoint=options.get("sd_model_checkpoint") or settings.default_checkpoint,
+        vae=options.get("sd_vae"),
         prompts=prompts,
         negative_prompts=negative_prompts,
         noise=noise_spec(request, count, options),

@@ -59,6 +59,7 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
         if all(fields.seed_resize_from)
         else None,
         "Denoising strength": None,  # A1111 reserves its place here; extra params fill it in
+        "Conditional mask weight": None,  # likewise, filled for inpainting models
         "Clip skip": fields.clip_skip if fields.clip_skip > 1 else None,
         "ENSD": fields.ensd or None,
         "RNG": fields.rng if fields.rng != "GPU" else None,
