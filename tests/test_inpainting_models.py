@@ -18,7 +18,7 @@ from engine.resources.loader import Precision, load_pipeline, unet_in_channels
 from engine.sampling.guidance import GuidedUNet, StepConditioning, constant
 
 
-CHECKPOINT = "tiny-sd15-inpainting"
+CHECKPOINT = "tiny-sd15_inpainting"
 BASE = {"prompt": "a cat", "negative_prompt": "dull", "seed": 9, "steps": 3, "width": 64, "height": 64,
         "sampler_name": "Euler", "cfg_scale": 7}
 

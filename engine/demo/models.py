@@ -18,9 +18,10 @@ from engine.upscale.demo import write_tiny_esrgan
 DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(write_tiny_checkpoint, "sd15", "tiny-sd15"),
     functools.partial(write_tiny_checkpoint, "sdxl", "tiny-sdxl"),
-    # Its own seed, so its weights differ from tiny-sd15's everywhere, not only in the 9-channel input.
+    # Its own seed, so its weights differ from tiny-sd15's everywhere, not only in the 9-channel input. The
+    # underscore sorts it after tiny-sd15, which stays the default when no checkpoint is configured.
     functools.partial(
-        write_tiny_checkpoint, "sd15", "tiny-sd15-inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
+        write_tiny_checkpoint, "sd15", "tiny-sd15_inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
     ),
     write_tiny_esrgan,
     write_tiny_yolo,
