@@ -15,7 +15,7 @@ from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
 from engine.errors import RequestError
 from engine.generate import Models, Progress, generate
-from engine.imaging.png import png_base64
+from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
 from engine.networks.lora import apply_loras
 from engine.options import OptionsStore
@@ -51,11 +51,16 @@ class GenerationResult:
     # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
     detected_maps: list[Image.Image] = field(default_factory=list)
 
-    def response(self, send_images: bool = True) -> dict[str, Any]:
-        results = [png_base64(image, text) for image, text in zip(self.images, self.infotexts, strict=True)]
-        maps = [png_base64(image, None) for image in self.detected_maps]
+    def response(self, send_images: bool = True, encoding: ImageEncoding = PNG) -> dict[str, Any]:
+        """A1111's body; images encoded as `encode_pil_to_base64` does, in `encoding`'s format, the infotext
+        kept in each result, ControlNet's maps after the results (as A1111 + ControlNet returns them)."""
+        images = []
+        if send_images:
+            pairs = zip(self.images, self.infotexts, strict=True)
+            images = [encode_base64(image, text, encoding) for image, text in pairs]
+            images += [encode_base64(image, None, encoding) for image in self.detected_maps]
         body: dict[str, Any] = {
-            "images": results + maps if send_images else [],
+            "images": images,
             "parameters": self.parameters,
             "info": self.info,
         }

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EngineError, NotFoundError, RequestError
-from engine.imaging.png import encode_base64
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.txt2img import GenerationRequest, Txt2ImgRequest
 
@@ -55,7 +54,14 @@ GENERATION_REQUESTS: dict[str, type[GenerationRequest]] = {
     "img2img": Img2ImgRequest,
 }
 # Endpoints that use the GPU or swap models: queued behind generation, as A1111's `queue_lock` does.
-QUEUED = {"controlnet_detect", "extra_single_image", "refresh_checkpoints", "refresh_vae", "refresh_loras", "refresh_embeddings"}
+QUEUED = {
+    "controlnet_detect",
+    "extra_single_image",
+    "refresh_checkpoints",
+    "refresh_vae",
+    "refresh_loras",
+    "refresh_embeddings",
+}
 
 
 class JobInterrupted(EngineError):
@@ -111,20 +117,8 @@ def _generate(engine, name: str, payload: dict[str, Any], on_progress) -> dict[s
                 on_progress(progress)
 
         result = getattr(engine, name)(request, report)
-    # A1111 `encode_pil_to_base64`, in the format the options (or this request's override_settings) ask for.
-    pairs = zip(result.images, result.infotexts, strict=True) if request.send_images is not False else ()
-    images = [encode_base64(image, text, encoding) for image, text in pairs]
-    if request.send_images is not False:
-        # ControlNet's detected maps follow the results, as A1111 + ControlNet returns them.
-        images += [encode_base64(image, None, encoding) for image in result.detected_maps]
-    body: dict[str, Any] = {
-        "images": images,
-        "parameters": result.parameters,
-        "info": result.info,
-    }
-    if result.warnings:
-        body["warnings"] = list(result.warnings)
-    return body
+    # In the format the options (or this request's override_settings) ask for.
+    return result.response(send_images=request.send_images is not False, encoding=encoding)
 
 
 @dataclass
