@@ -40,7 +40,7 @@ from engine import Engine  # noqa: E402
 from engine.demo.models import write_demo_models  # noqa: E402
 
 
-SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "000_343685f6abe1ed79.txt"
+SEED_FILE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seeds" / "000_343685f6abe1ed79.txt"
 # The seed negative prompt's embeddings and their vector counts (as bench/prompt_encoding.py writes them).
 EMBEDDINGS = {
     "ng_deepnegative_v1_75t": 75,

@@ -45,7 +45,7 @@ from engine import Engine  # noqa: E402
 from engine.demo.models import write_demo_models  # noqa: E402
 
 
-SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "002_645e89f4f859427c.txt"
+SEED_FILE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seeds" / "002_645e89f4f859427c.txt"
 STEPS = 15
 # The tiny face detector scores a white 16-px block as a face when it looks at the photo at 128 px.
 FACE_PHOTO_SIZE, FACE_PROCESSOR_RES = 128, 128

@@ -30,7 +30,7 @@ from engine.prompts.options import PassShape, prompt_options_from  # noqa: E402
 from engine.resources.catalog import ModelCatalog  # noqa: E402
 
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seeds"
 CASES = {"000_343685f6abe1ed79.txt": "sd15", "002_645e89f4f859427c.txt": "sdxl"}
 # The seed negative prompt's embeddings and their vector counts.
 EMBEDDINGS = {

@@ -115,14 +115,8 @@ class GenerationPlan:
     loras: tuple[Any, ...] = ()  # engine.networks.LoraRequest, from the extra-network tags
     hires: HiresPlan | None = None
     init: InitPlan | None = None  # img2img
-    control_units: tuple[Any, ...] = ()
-    vae: str | None = (
-        None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)  # engine.control.units.ControlUnit: ControlNet / InstantID units
-    )
-    control_units: tuple[Any, ...] = ()
-    vae: str | None = (
-        None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)  # engine.control.units.ControlUnit: ControlNet / InstantID units
-    )
+    control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
+    vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
     detailers: tuple[DetailerPlan, ...] = ()
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()

@@ -1,10 +1,10 @@
-"""The two seed payloads of the project (../shared/seeds), read as clients send them."""
+"""The two seed payloads of the project (copied into tests/fixtures/seeds), read as clients send them."""
 
 import json
 from pathlib import Path
 
 
-SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS_DIR = Path(__file__).resolve().parent / "fixtures" / "seeds"
 
 
 def seed_job(name: str) -> dict:

@@ -1,23 +1,16 @@
 """ADetailer arguments: the seed payload, legacy forms, coercion, errors naming the key, infotext keys."""
 
-import json
-import re
-from pathlib import Path
 
 import pytest
 
 from engine.detailer.args import ADetailerUnit, parse_adetailer_args, parse_unit
 from engine.detailer.infotext import ADETAILER_VERSION, INFOTEXT_LABELS, label_suffix, ordinal
 from engine.errors import RequestError, UnsupportedError
-
-
-SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+from tests import seeds as seed_payloads
 
 
 def seed_payload() -> dict:
-    text = (SEEDS_DIR / "000_343685f6abe1ed79.txt").read_text()
-    request = json.loads(re.search(r"```json\n(.*?)\n```", text, re.DOTALL).group(1))
-    return request["input"]["payload"]
+    return seed_payloads.seed_payload("000_343685f6abe1ed79.txt")
 
 
 def one_unit(**values) -> dict:

@@ -1,26 +1,17 @@
 """RunPod job input → A1111 call, for both forms clients send, and the errors for bad input."""
 
-import json
-from pathlib import Path
 
 import pytest
 
 from engine.errors import RequestError
 from engine.wire.envelope import parse_job_input
 from engine.wire.routes import route
-
-
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
-
-
-def seed_request(name: str) -> dict:
-    text = (SEEDS / name).read_text()
-    return json.loads(text.split("```json", 1)[1].split("```", 1)[0])
+from tests.seeds import seed_job
 
 
 @pytest.mark.parametrize("name", ["000_343685f6abe1ed79.txt", "002_645e89f4f859427c.txt"])
 def test_seed_envelopes_are_txt2img_calls(name):
-    call = parse_job_input(seed_request(name)["input"])
+    call = parse_job_input(seed_job(name)["input"])
     assert (call.method, call.endpoint) == ("POST", "sdapi/v1/txt2img")
     assert "prompt" in call.payload
     assert route(call.method, call.endpoint) == "txt2img"

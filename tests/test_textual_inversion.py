@@ -6,7 +6,6 @@ and SDXL pooling included. Names and vector counts are those of the seed payload
 """
 
 import hashlib
-import json
 import pickle
 import re
 from dataclasses import replace
@@ -29,9 +28,9 @@ from engine.sampling.guidance import GuidedUNet
 from engine.sampling.loop import denoise
 from engine.sampling.noise import ImageNoise
 from engine.sampling.schedulers import SamplerOptions, prepare_sampler
+from tests.seeds import seed_payload
 
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEVENTY_FIVE_WORDS = " ".join(LETTERS[i % 26] for i in range(75))
 # Embedding name -> (the text whose token vectors it holds, where the file goes, format).
@@ -251,11 +250,6 @@ def test_pickles_are_loaded_with_weights_only(tmp_path):
 
 
 # --- the seed payloads, end to end on the tiny models ---------------------------------------------------
-
-
-def seed_payload(name: str) -> dict:
-    text = (SEEDS / name).read_text()
-    return json.loads(text.split("```json", 1)[1].split("```", 1)[0])["input"]["payload"]
 
 
 @torch.no_grad()
