@@ -139,6 +139,8 @@ class Engine:
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
             models = self._models(entry, plan, resolved, vae)
+            if any(unit.controlnet is not None for unit in plan.detailers):
+                models = replace(models, make_control=self._detailer_control)
             if plan.control_units:
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
@@ -148,6 +150,8 @@ class Engine:
                     self.control_models,
                     (plan.width, plan.height),
                     hires_size,
+                    # sd-webui-controlnet `set_numpy_seed`: the first seed plus the first subseed.
+                    seed=plan.noise.seeds[0] + plan.noise.subseeds[0],
                 )
                 models = replace(models, control=control)
             # LoRA stays active for every pass of the request, text encoders included, and is fully removed after.
@@ -186,6 +190,10 @@ class Engine:
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
         )
+
+    def _detailer_control(self, units, size, seed: int):
+        """ADetailer's ControlNet for one inpaint pass: the same preparation as the request's units."""
+        return prepare_control(units, self.catalog, self.control_models, size, seed=seed)
 
     def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
         """Every model file the plan names besides its checkpoint: hires upscaler and checkpoint, detectors."""

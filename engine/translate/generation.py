@@ -3,7 +3,7 @@
 from typing import Any
 
 from engine import samplers
-from engine.control.units import parse_controlnet_args
+from engine.control.units import infotext_params, parse_controlnet_args
 from engine.detailer.args import parse_adetailer_args
 from engine.errors import RequestError
 from engine.networks import lora_requests
@@ -30,6 +30,7 @@ def plan_generation(
     settings: Settings,
     defaults: dict[str, Any] | None = None,
     batch_size: int | None = None,
+    img2img: bool = False,
 ) -> tuple[GenerationPlan, dict[str, Any]]:
     """The plan without txt2img's hires fix or img2img's init images, and the effective A1111 options.
 
@@ -38,6 +39,7 @@ def plan_generation(
         settings: limits (steps, pixels, batch) and the default checkpoint.
         defaults: the worker's current options (A1111 `opts`), overridden by `override_settings`.
         batch_size: overrides the request's (img2img with several init images: one per image, as A1111).
+        img2img: ControlNet units may leave out their image (they take the init image).
     """
     reject_unsupported(request)
     options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
@@ -53,6 +55,7 @@ def plan_generation(
     steps = bounded_int(request.steps, "steps", 1, settings.max_steps)
     sampler = SamplerSpec(choice, sampler_options(request, choice, options))
     adetailer = parse_adetailer_args(request.alwayson_scripts)
+    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img)
     plan = GenerationPlan(
         checkpoint=options.get("sd_model_checkpoint") or settings.default_checkpoint,
         vae=options.get("sd_vae"),
@@ -69,10 +72,10 @@ def plan_generation(
         prompt_options=prompt_options_from(options),
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
-        control_units=parse_controlnet_args(request.alwayson_scripts),
+        control_units=control_units,
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
-        infotext_extra=tuple(adetailer.infotext_params().items()),
+        infotext_extra=(*adetailer.infotext_params().items(), *infotext_params(control_units).items()),
         warnings=tuple(request_warnings(request)),
     )
     return plan, options
