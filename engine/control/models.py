@@ -92,6 +92,10 @@ class ControlModels:
                 config = find_controlnet_config(path, self.config_roots)
                 logger.info("loading ControlNet %s with the config in %s", path.name, config)
                 model = ControlNetModel.from_single_file(str(path), config=str(config), **common)
+                if "shuffle" in path.stem.lower():
+                    # sd-webui-controlnet `build_model_by_guess`: "shuffle" in the file name means global
+                    # average pooling of the residuals (control_v11e_sd15_shuffle), fed to the prompt rows only.
+                    model.register_to_config(global_pool_conditions=True)
         if model.device != self.device:
             model = model.to(self.device)
         return model.eval().requires_grad_(False)
@@ -228,7 +232,7 @@ def load_adapter_file(path: Path, dtype: torch.dtype):
     channels = [state[f"adapter.body.{level}.resnets.0.block1.weight"].shape[0] for level in range(levels)]
     blocks = 1 + max(int(key.split(".")[4]) for key in state if ".resnets." in key)
     in_channels = state["adapter.conv_in.weight"].shape[1] // 64
-    if any(channel != channels[0] * 2 ** min(i, 2) for i, channel in enumerate(channels)) or len(channels) != 4:
+    if len(channels) != 4:
         raise UnsupportedError("controlnet.model", f"{path.name}: only the SD1.5 full T2I-Adapter loads from a single "
                                                    "file; use the diffusers folder of other adapters")
     with torch.device("meta"):

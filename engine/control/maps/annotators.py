@@ -42,9 +42,22 @@ class Annotator:
 
 
 def quiet_import(module: str):
-    """controlnet_aux's package import registers timm models noisily; the warnings say nothing to a user."""
+    """Import a controlnet_aux submodule without running the package's `__init__`, which imports every
+    detector (mediapipe's and segment-anything's included: a mediapipe without `solutions` breaks it, and the
+    timm registrations it triggers are noisy). The package is registered bare, its submodules load on demand."""
     import importlib
+    import importlib.util
+    import sys
+    import types
 
+    if "controlnet_aux" not in sys.modules:
+        spec = importlib.util.find_spec("controlnet_aux")
+        if spec is None:
+            raise ImportError("controlnet_aux is not installed (pip install --no-deps -r requirements-nodeps.txt)")
+        package = types.ModuleType("controlnet_aux")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["controlnet_aux"] = package
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return importlib.import_module(module)
