@@ -57,10 +57,14 @@ def _write_union(unet, models_dir: Path) -> list[Path]:
 
     base = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=HINT_CHANNELS)
     width = unet.config.block_out_channels[0]
-    union = ControlNetUnionModel.from_config({**base.config, "num_control_type": UNION_CONTROL_TYPES,
+    # Without diffusers' `_use_default_values` list, which would put the defaults back over these values.
+    config = {key: value for key, value in base.config.items() if key != "_use_default_values"}
+    union = ControlNetUnionModel.from_config({**config, "num_control_type": UNION_CONTROL_TYPES,
                                               "num_trans_channel": width, "num_proj_channel": width,
                                               "num_trans_head": 2})
-    union.load_state_dict(base.state_dict(), strict=False)
+    shapes = {key: value.shape for key, value in union.state_dict().items()}
+    union.load_state_dict({key: value for key, value in base.state_dict().items() if shapes.get(key) == value.shape},
+                          strict=False)  # the UNet's encoder weights; the union's own layers stay random
     _jitter(union)
     path = models_dir / CONTROLNET_FOLDER / f"{UNION_FILE}.safetensors"
     _save_safetensors(union.state_dict(), path)

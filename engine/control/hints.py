@@ -29,7 +29,7 @@ def display_map(fitted: np.ndarray) -> Image.Image:
 
 def pixels(fitted: np.ndarray) -> torch.Tensor:
     """(1, C, H, W) float in [0, 1] (`get_pytorch_control`)."""
-    return torch.from_numpy(np.ascontiguousarray(fitted)).permute(2, 0, 1)[None].float() / 255.0
+    return torch.from_numpy(np.array(fitted)).permute(2, 0, 1)[None].float() / 255.0
 
 
 def model_hint(fitted: np.ndarray) -> torch.Tensor:
