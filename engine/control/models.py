@@ -165,7 +165,7 @@ def _controlnet_config_folders(config_roots: Sequence[Path], class_name: str = C
     for root in config_roots:
         for config in sorted(Path(root).glob("*/config.json")):
             try:
-                if json.loads(config.read_text()).get("_class_name") == class_name:
+                if _CLASS_ALIASES.get(json.loads(config.read_text()).get("_class_name")) == class_name:
                     folders.append(config.parent)
             except (OSError, ValueError) as exc:
                 logger.warning("skipping unreadable config %s: %s", config, exc)
@@ -196,10 +196,15 @@ def _expected_shapes(config_file: Path) -> dict[str, tuple[int, ...]]:
     return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
 
 
+# Config `_class_name`s → diffusers class: xinsir's union configs name their own class.
+_CLASS_ALIASES = {CONTROLNET_CLASS: CONTROLNET_CLASS, UNION_CLASS: UNION_CLASS, "ControlNetModel_Union": UNION_CLASS,
+                  ADAPTER_CLASS: ADAPTER_CLASS}
+
+
 def _diffusers_class(name: str):
     import diffusers
 
-    return getattr(diffusers, name)
+    return getattr(diffusers, _CLASS_ALIASES.get(name, name))
 
 
 def _folder_class(path: Path):

@@ -71,7 +71,10 @@ def _midas() -> dict:
 def _normal_bae() -> dict:
     import types
 
-    network = quiet_import("controlnet_aux.normalbae.nets.NNET").NNET(types.SimpleNamespace())
+    # The arguments controlnet_aux's `NormalBaeDetector.from_pretrained` builds the network with.
+    args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                 importance_ratio=0.7)
+    network = quiet_import("controlnet_aux.normalbae.nets.NNET").NNET(args)
     return {"scannet.pt": {"model": network.state_dict()}}
 
 
