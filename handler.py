@@ -19,6 +19,7 @@ from typing import Any
 from engine import Engine, Settings
 from engine.errors import EngineError
 from engine.wire.envelope import parse_job_input
+from engine.wire.routes import ENVELOPE_FIELDS, route
 from engine.wire.routes import warm_up as warm_up_engine
 
 
@@ -76,6 +77,7 @@ def serve_job(
     job_id = str(job.get("id", "local")) if isinstance(job, dict) else "local"
     try:
         call = parse_job_input(job.get("input") if isinstance(job, dict) else None)
+        route(call.method, call.endpoint, ENVELOPE_FIELDS)  # a wrong endpoint is named as the envelope has it
         on_progress = _Throttled(job, report_progress) if report_progress else None
         output = engine.handle(call.method, call.endpoint, call.payload, on_progress)
         if upload is not None:
