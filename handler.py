@@ -18,6 +18,7 @@ from typing import Any
 
 from engine import Engine, Settings
 from engine.errors import EngineError
+from engine.logs import setup_logging
 from engine.wire.envelope import parse_job_input
 from engine.wire.routes import ENVELOPE_FIELDS, route
 from engine.wire.routes import warm_up as warm_up_engine
@@ -186,6 +187,10 @@ def runpod_hooks(env: Mapping[str, str]) -> dict[str, Any]:
         from runpod.serverless import progress_update
 
         hooks["report_progress"] = progress_update
+    else:
+        # The SDK's local modes (--test_input, test_input.json, --rp_serve_api) have no status to update:
+        # the progress goes to the log, so a long local job does not look hung.
+        hooks["report_progress"] = log_progress
     if env.get("BUCKET_ENDPOINT_URL"):
         missing = [key for key in ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY") if not env.get(key)]
         if missing:
@@ -195,6 +200,19 @@ def runpod_hooks(env: Mapping[str, str]) -> dict[str, Any]:
 
         hooks["upload"] = lambda job_id, path: rp_upload.upload_image(job_id, str(path))
     return hooks
+
+
+def log_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    """`report_progress` for local runs: one log line per throttled update."""
+    logger.info(
+        "job %s: %s pass, batch %d/%d, step %d/%s",
+        job.get("id", "local"),
+        update["stage"],
+        update["batch"],
+        update["batches"],
+        update["step"],
+        update["steps"] if update["steps"] is not None else "?",
+    )
 
 
 def warm_up() -> None:
@@ -207,7 +225,7 @@ def warm_up() -> None:
 if __name__ == "__main__":
     import runpod
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     runpod_hooks(os.environ)  # a bucket without credentials fails here, before any job
     warm_up()
     runpod.serverless.start({"handler": handler})
