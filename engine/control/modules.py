@@ -7,7 +7,7 @@ extra alias (Forge's spellings). How a map module draws its map is `engine.contr
 weights it loads is `engine.control.maps.annotators`. To add a module, add a row here (and a runner there).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import NotFoundError, UnsupportedError, choices
@@ -79,7 +79,6 @@ class ModuleSpec:
     # is more important" scales whatever the unit's control mode (thin lines otherwise give artefacts).
     soft_in_hires: bool = False
     post: str | None = None  # a step after the UNet or the decode (inpaint_only, tile_colorfix, recolor)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def title(self) -> str:

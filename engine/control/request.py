@@ -19,7 +19,7 @@ from engine.control.models import ADAPTER, UNION, ControlModels, model_kind
 from engine.control.modules import UNION_TYPES
 from engine.control.preprocess import FaceFinder, fit_map, pixel_perfect_resolution
 from engine.control.residuals import AdapterPass, ControlNetPass, ControlStack, GuidanceClock, IpAdapterPass
-from engine.control.units import BALANCED, CONTROL_MORE_IMPORTANT, ControlUnit
+from engine.control.units import BALANCED, CONTROL_MORE_IMPORTANT, RESIZE_AND_FILL, ControlUnit
 from engine.errors import RequestError
 from engine.sampling.model_schedule import alphas_cumprod_from_config
 
@@ -196,6 +196,10 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
     for unit in units:
         entry = _resolve_model(unit, catalog, notes)
         image = hints.unit_input(unit.image, unit.mask)
+        if unit.module.name == "inpaint_only+lama" and unit.resize_mode == RESIZE_AND_FILL:
+            # "inpaint_only+lama is special and required outpaint fix": the input is first fitted to the final
+            # size with its border masked, so that LaMa fills the border too.
+            image = fit_map(image, RESIZE_AND_FILL, *(hires_size or size))
         resolution = (pixel_perfect_resolution(unit.image.size, size, unit.resize_mode)
                       if unit.pixel_perfect else unit.processor_res)
         if unit.is_face_embedding:
