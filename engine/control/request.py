@@ -95,7 +95,7 @@ class ControlRequest:
         for item in active:
             fitted = fit_map(item.detected, item.unit.resize_mode, width, height)
             if model_kind(item.model) == ADAPTER:
-                adapters.append(self._adapter_pass(item, fitted, hires))
+                adapters.append(self._adapter_pass(item, unet, fitted, hires))
             else:
                 controlnets.append(self._controlnet_pass(item, unet, fitted, hires))
             if item.unit.module.post in ("inpaint_only", "colorfix"):
@@ -153,8 +153,12 @@ class ControlRequest:
             cond_only=unit.control_mode == CONTROL_MORE_IMPORTANT or pooled, face_tokens=face_tokens,
             union_type=union)
 
-    def _adapter_pass(self, item: MapUnit, fitted: np.ndarray, hires: bool) -> AdapterPass:
+    def _adapter_pass(self, item: MapUnit, unet, fitted: np.ndarray, hires: bool) -> AdapterPass:
         unit, model = item.unit, item.model
+        levels = tuple(unet.config.block_out_channels)
+        if tuple(model.config.channels[: len(levels)]) != levels:
+            raise RequestError(unit.field("model"), f"{unit.model!r} does not fit this checkpoint (a T2I-Adapter "
+                                                    "for another model family, e.g. SD1.5 vs SDXL)")
         hint = hints.model_hint(fitted)
         if model.config.in_channels == 1:
             hint = hint[:, :1]  # sketch / canny adapters read one grey channel
