@@ -217,3 +217,10 @@ def test_the_shared_control_models_are_unchanged_by_requests(sd15_engine, demo_m
             "image": {"image": _b64(_photo()), "mask": _b64(_mask())}}
     sd15_engine.txt2img(_payload([unit]))
     assert all(torch.equal(before[k], v) for k, v in controlnet.state_dict().items())
+
+
+@pytest.mark.parametrize("model", ["t2iadapter_depth_sd15v2", "control_v11p_sd15_inpaint"])
+def test_an_sd15_control_model_on_sdxl_is_a_clear_error(sd15_engine, model):
+    unit = {"module": "invert", "model": model, "image": _b64(_photo())}
+    with pytest.raises(RequestError, match=rf"args\[0\]\.model: '{model}' does not fit this checkpoint"):
+        sd15_engine.txt2img(_payload([unit], checkpoint="tiny-sdxl"))
