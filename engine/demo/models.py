@@ -18,6 +18,8 @@ from engine.upscale.demo import write_tiny_esrgan
 DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(write_tiny_checkpoint, "sd15", "tiny-sd15"),
     functools.partial(write_tiny_checkpoint, "sdxl", "tiny-sdxl"),
+    # stable-diffusion-xl-refiner-1.0's layout, sharing tiny-sdxl's VAE and OpenCLIP-G as the real one does.
+    functools.partial(write_tiny_checkpoint, "sdxl_refiner", "tiny-sdxl_refiner"),
     # Its own seed, so its weights differ from tiny-sd15's everywhere, not only in the 9-channel input. The
     # underscore sorts it after tiny-sd15, which stays the default when no checkpoint is configured.
     functools.partial(
