@@ -20,7 +20,7 @@ from engine.demo.tiny import tiny_components
 from engine.errors import NotFoundError, RequestError, UnsupportedError
 from engine.generate import Models, generate
 from engine.pipeline import A1111Pipeline
-from engine.prompts import parse_prompt_attention
+from engine.prompts import extract_extra_networks, parse_prompt_attention
 from engine.prompts.conditioning import build_conditioning
 from engine.prompts.options import PassShape, PromptOptions
 from engine.settings import Settings
@@ -305,3 +305,31 @@ def test_bad_refiner_requests_are_clear_errors(engine, change, error, field):
 def test_a_refiner_from_another_latent_space_is_refused(sd15_engine):
     with pytest.raises(UnsupportedError, match="refiner_checkpoint"):
         sd15_engine.txt2img({**BASE, "steps": 2, "refiner_checkpoint": REFINER, "refiner_switch_at": 0.5})
+
+
+def test_refiner_runs_without_the_request_loras_even_on_a_shared_text_encoder(demo_models, tmp_path):
+    """The refiner shares tiny-sdxl's OpenCLIP-G (as the real ones share it). A1111's LoRA keys do not fit the
+    refiner's layers, so it runs without them: its conditioning is the one encoded with no LoRA at all."""
+    from tests.test_lora import FULL_LORA, write_kohya_lora
+
+    for folder in demo_models.iterdir():
+        (tmp_path / folder.name).symlink_to(folder, target_is_directory=folder.is_dir())
+    write_kohya_lora(tmp_path / "LyCORIS" / "xl_style.safetensors", FULL_LORA["sdxl"], seed=4)
+    engine = Engine.from_models_dir(tmp_path, device="cpu", default_checkpoint="tiny-sdxl")
+    base_pipe = engine.pipelines.get(engine.catalog.find_checkpoint("tiny-sdxl"))
+    refiner_pipe = engine.pipelines.get(engine.catalog.find_checkpoint(REFINER))
+    assert refiner_pipe.text_encoder_2 is base_pipe.text_encoder_2  # one module, resident once
+    modules = (base_pipe.unet, base_pipe.text_encoder, base_pipe.text_encoder_2, refiner_pipe.unet)
+    before = snapshot(*modules)
+    payload = {**BASE, "prompt": "<lora:xl_style:1> a red fox", "steps": 4, "refiner_checkpoint": REFINER,
+               "refiner_switch_at": 0.5}
+    with UNetCalls(base=base_pipe.unet, refiner=refiner_pipe.unet) as calls:
+        result = engine.txt2img(payload)
+    assert "Lora hashes: \"xl_style: " in json.loads(result.info)["infotexts"][0]
+    assert calls.names() == ["base", "base", "refiner", "refiner"]
+    prompt, _ = extract_extra_networks(payload["prompt"])
+    plain = build_conditioning(refiner_pipe, [prompt], ["blurry"], PassShape(64, 64, 4), PromptOptions(),
+                               parse=parse_prompt_attention)(2)
+    refiner_context = calls.calls[2][2]["encoder_hidden_states"]
+    assert torch.equal(refiner_context, torch.cat([plain.cond, plain.uncond]))
+    assert_unchanged(before, modules)

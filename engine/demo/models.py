@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.control.demo import write_tiny_control_models
+from engine.demo.lora import write_tiny_lora
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
 from engine.upscale.demo import write_tiny_esrgan
@@ -25,6 +26,7 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(
         write_tiny_checkpoint, "sd15", "tiny-sd15_inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
     ),
+    write_tiny_lora,
     write_tiny_esrgan,
     write_tiny_yolo,
     write_tiny_control_models,
