@@ -147,6 +147,9 @@ def run_pass(
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
     extra, notes = dict(conditioning.extra_generation_params), conditioning.notes
+    if refiner is not None and refiner.by_sampling_steps:
+        # A1111 writes it at the first model call of a pass that may switch, whether it switches or not.
+        extra["Refiner switch by sampling steps"] = True
     refined = isinstance(predictor, SwitchingUNet) and predictor.switch_call is not None
     if refined:
         extra.update(predictor.refined.conditioning_at.extra_generation_params)

@@ -62,10 +62,6 @@ def plan_generation(
         raise UnsupportedError(
             "refiner_checkpoint", "a refiner together with ControlNet units is not supported"
         )
-    # A1111 adds this while sampling whenever the option is on, refiner or not.
-    by_steps = []
-    if options.get("refiner_switch_by_sample_steps"):
-        by_steps = [("Refiner switch by sampling steps", True)]
     plan = GenerationPlan(
         checkpoint=options.get("sd_model_checkpoint") or settings.default_checkpoint,
         vae=options.get("sd_vae"),
@@ -90,7 +86,7 @@ def plan_generation(
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
-        infotext_extra=(*adetailer.infotext_params().items(), *by_steps),
+        infotext_extra=tuple(adetailer.infotext_params().items()),
         warnings=(*request_warnings(request), *refiner_notes),
     )
     return plan, options
