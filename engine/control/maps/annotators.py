@@ -101,8 +101,16 @@ def _zoe(folder: Path):
 
 
 def _leres(folder: Path):
-    return quiet_import("controlnet_aux.leres").LeresDetector.from_pretrained(
-        folder, filename="res101.pth", pix2pix_filename="latest_net_G.pth")
+    """controlnet_aux builds LeReS++'s pix2pix options with argparse over `sys.argv`: the worker's own command
+    line must not reach it."""
+    import sys
+
+    command_line, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return quiet_import("controlnet_aux.leres").LeresDetector.from_pretrained(
+            folder, filename="res101.pth", pix2pix_filename="latest_net_G.pth")
+    finally:
+        sys.argv = command_line
 
 
 def _normal_bae(folder: Path):
