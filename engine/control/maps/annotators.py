@@ -10,7 +10,9 @@ each `annotator/*/__init__.py`), looked for in two places:
 
 Nothing is downloaded at run time: a missing file is a `NotFoundError` naming where it was looked for and the
 `download_models.py` group that fetches it. Detectors are controlnet_aux's classes (spandrel's LaMa), built with
-their `from_pretrained(<local folder>)`, which reads the file from the folder and never the Hub.
+their `from_pretrained(<local folder>)`, which reads the file from the folder and never the Hub; Depth Anything
+runs on transformers' model (`engine.control.maps.depth_anything`), DWPose on onnxruntime
+(`engine.control.maps.dwpose`).
 """
 
 import logging
@@ -28,6 +30,8 @@ from engine.resources.cache import ResidentCache
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_FOLDER = "ControlNetAnnotators"
+# sd-webui-controlnet's file names (`annotator/depth_anything*.py`).
+DEPTH_ANYTHING_V1, DEPTH_ANYTHING_V2 = "depth_anything_vitl14.pth", "depth_anything_v2_vitl.safetensors"
 EXTENSION_FOLDER = Path("..") / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
 
 
@@ -117,6 +121,19 @@ def _normal_bae(folder: Path):
     return quiet_import("controlnet_aux.normalbae").NormalBaeDetector.from_pretrained(folder, filename="scannet.pt")
 
 
+def _depth_anything(folder: Path, file: str, version: int):
+    """The original checkpoint (a .pth pickle of tensors or a safetensors file) on transformers' model."""
+    from engine.control.maps.depth_anything import DepthAnythingDetector, load_depth_anything
+
+    if file.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        weights = load_file(folder / file)
+    else:
+        weights = torch.load(folder / file, map_location="cpu", weights_only=True)
+    return DepthAnythingDetector(load_depth_anything(weights, version))
+
+
 def _lama(folder: Path):
     """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
     from spandrel import ModelLoader
@@ -138,6 +155,12 @@ ANNOTATORS: dict[str, Annotator] = {
                        "LeReS / BoostingMonocularDepth: non-commercial research use"),
     "normal_bae": Annotator("normal_bae", ("scannet.pt",), _normal_bae, "MIT (surface_normal_uncertainty)"),
     "lama": Annotator("lama", ("ControlNetLama.pth",), _lama, "Apache-2.0 (LaMa)"),
+    "depth_anything": Annotator("depth_anything", (DEPTH_ANYTHING_V1,),
+                                lambda folder: _depth_anything(folder, DEPTH_ANYTHING_V1, 1),
+                                "Apache-2.0 (Depth Anything V1)"),
+    "depth_anything_v2": Annotator("depth_anything_v2", (DEPTH_ANYTHING_V2,),
+                                   lambda folder: _depth_anything(folder, DEPTH_ANYTHING_V2, 2),
+                                   "CC-BY-NC-4.0 (Depth Anything V2 Large): non-commercial"),
 }
 
 

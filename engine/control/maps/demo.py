@@ -1,13 +1,16 @@
 """Random-weight annotator files in their real formats and sd-webui-controlnet's folder layout.
 
-Annotators are fixed architectures (their loaders build the network with hard-coded widths), so "tiny" is not
-possible: these are the real networks with random weights. The small ones (HED, PiDiNet, M-LSD, lineart) are
+Most annotators are fixed architectures (their loaders build the network with hard-coded widths), so "tiny" is
+not possible: these are the real networks with random weights. The small ones (HED, PiDiNet, M-LSD, lineart) are
 part of the demo models; the large ones (OpenPose, MiDaS, NormalBAE, anime lineart, LaMa: 200–500 MB each) are
-written only on request (`python -m engine demo-models --annotators all`, and the slow tests).
+written only on request (`python -m engine demo-models --annotators all`, and the slow tests). Depth Anything's
+loader reads the architecture from the checkpoint, and DWPose's are ONNX graphs: those are tiny, in the original
+key layout and the real input/output shapes.
 """
 
 import functools
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +90,86 @@ def _lama() -> dict:
                                                   for k, v in network.state_dict().items()}}}
 
 
-SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart}
+# transformers key → the original Depth Anything key: the inverse of `depth_anything._RENAMES`.
+_TO_ORIGINAL = (
+    (r"backbone\.embeddings\.cls_token", "pretrained.cls_token"),
+    (r"backbone\.embeddings\.mask_token", "pretrained.mask_token"),
+    (r"backbone\.embeddings\.position_embeddings", "pretrained.pos_embed"),
+    (r"backbone\.embeddings\.patch_embeddings\.projection\.", "pretrained.patch_embed.proj."),
+    (r"backbone\.encoder\.layer\.(\d+)\.layer_scale(\d)\.lambda1", r"pretrained.blocks.\1.ls\2.gamma"),
+    (r"backbone\.encoder\.layer\.(\d+)\.(norm\d|mlp\.fc\d)\.", r"pretrained.blocks.\1.\2."),
+    (r"backbone\.encoder\.layer\.(\d+)\.attention\.o_proj\.", r"pretrained.blocks.\1.attn.proj."),
+    (r"backbone\.layernorm\.", "pretrained.norm."),
+    (r"neck\.reassemble_stage\.layers\.(\d)\.projection\.", r"depth_head.projects.\1."),
+    (r"neck\.reassemble_stage\.layers\.(\d)\.resize\.", r"depth_head.resize_layers.\1."),
+    (r"neck\.convs\.(\d)\.", lambda m: f"depth_head.scratch.layer{int(m[1]) + 1}_rn."),
+    (r"neck\.fusion_stage\.layers\.(\d)\.projection\.", lambda m: f"depth_head.scratch.refinenet{4 - int(m[1])}.out_conv."),
+    (r"neck\.fusion_stage\.layers\.(\d)\.residual_layer(\d)\.convolution(\d)\.",
+     lambda m: f"depth_head.scratch.refinenet{4 - int(m[1])}.resConfUnit{m[2]}.conv{m[3]}."),
+    (r"head\.conv1\.", "depth_head.scratch.output_conv1."),
+    (r"head\.conv2\.", "depth_head.scratch.output_conv2.0."),
+    (r"head\.conv3\.", "depth_head.scratch.output_conv2.2."),
+)
+_SPLIT_QKV = re.compile(r"backbone\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)")
+# A tiny DINOv2 (12 blocks, as vits: V2 reads blocks 2, 5, 8, 11) and DPT head; one 64-wide attention head.
+TINY_DEPTH_ANYTHING = {"hidden": 64, "blocks": 12, "fusion": 8, "neck": (8, 16, 24, 32)}
+
+
+def to_original_depth_anything(converted: dict) -> dict:
+    """A transformers Depth Anything state dict in the original checkpoint's keys (qkv merged)."""
+    original, parts = {}, {}
+    for key, value in converted.items():
+        if match := _SPLIT_QKV.match(key):
+            block, which, kind = match.groups()
+            parts.setdefault((block, kind), {})[which] = value
+            continue
+        for pattern, replacement in _TO_ORIGINAL:
+            renamed, count = re.subn(f"^{pattern}", replacement, key)
+            if count:
+                original[renamed] = value
+                break
+        else:
+            raise KeyError(f"unexpected transformers Depth Anything key {key!r}")
+    for (block, kind), qkv in parts.items():
+        original[f"pretrained.blocks.{block}.attn.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+    return original
+
+
+def tiny_depth_anything(version: int) -> dict:
+    """A tiny random Depth Anything in the original key layout (built with transformers' classes)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    from engine.control.maps.depth_anything import PATCH, V2_LAYERS
+
+    tiny = TINY_DEPTH_ANYTHING
+    blocks = range(tiny["blocks"] - 4, tiny["blocks"]) if version == 1 else V2_LAYERS[tiny["blocks"]]
+    backbone = Dinov2Config(hidden_size=tiny["hidden"], num_hidden_layers=tiny["blocks"], num_attention_heads=1,
+                            patch_size=PATCH, image_size=518, out_indices=[b + 1 for b in blocks],
+                            apply_layernorm=True, reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=tiny["hidden"], patch_size=PATCH,
+                                 neck_hidden_sizes=list(tiny["neck"]), fusion_hidden_size=tiny["fusion"])
+    model = DepthAnythingForDepthEstimation(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        model.head.conv3.bias.add_(1.0)  # else the last ReLU may clip every depth to 0 (a flat map)
+    return to_original_depth_anything(model.state_dict())
+
+
+def _depth_anything() -> dict:
+    from engine.control.maps.annotators import DEPTH_ANYTHING_V1
+
+    return {DEPTH_ANYTHING_V1: tiny_depth_anything(1)}
+
+
+def _depth_anything_v2() -> dict:
+    from engine.control.maps.annotators import DEPTH_ANYTHING_V2
+
+    return {DEPTH_ANYTHING_V2: tiny_depth_anything(2)}
+
+
+SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
+                                        "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2}
 LARGE: dict[str, Callable[[], dict]] = {"lineart_anime": _lineart_anime, "openpose": _openpose, "midas": _midas,
                                         "normal_bae": _normal_bae, "lama": _lama}
 
@@ -103,7 +185,21 @@ def write_random_annotators(models_dir: Path, names=tuple(SMALL), seed: int = 0)
             folder = Path(models_dir) / DOWNLOAD_FOLDER / ANNOTATORS[name].folder
             folder.mkdir(parents=True, exist_ok=True)
             for file, contents in writers[name]().items():
-                torch.save(contents, folder / file)
+                _save(contents, folder / file)
                 written.append(folder / file)
     logger.info("wrote %d random-weight annotator files under %s", len(written), models_dir)
     return written
+
+
+def _save(contents, path: Path) -> None:
+    """In the file's own format: safetensors, ONNX, or a torch pickle."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({key: value.contiguous() for key, value in contents.items()}, path)
+    elif path.suffix == ".onnx":
+        import onnx
+
+        onnx.save(contents, path)
+    else:
+        torch.save(contents, path)

@@ -94,6 +94,13 @@ def leres(image, resolution, near, background, detectors: Detector, boost: bool 
     return _padded_call(image, resolution, detectors("leres"), thr_a=near, thr_b=background, boost=boost)
 
 
+def depth_anything(image, resolution, a, b, detectors: Detector, annotator: str = "depth_anything"):
+    """depth_anything / depth_anything_v2 (`colored=False`): grey relative depth on the padded image, pad cut off."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    depth = detectors(annotator)(padded)
+    return remove_pad(np.repeat(depth[:, :, None], 3, axis=2))
+
+
 def normal_bae(image, resolution, a, b, detectors: Detector):
     return _padded_call(image, resolution, detectors("normal_bae"))
 

@@ -74,6 +74,8 @@ RUNNERS: dict[str, Runner] = {
     "pidinet_sketch": _with_detectors(library.pidinet, apply_filter=True),
     "mlsd": _with_detectors(library.mlsd),
     "normal_bae": _with_detectors(library.normal_bae),
+    "depth_anything": _with_detectors(library.depth_anything),
+    "depth_anything_v2": _with_detectors(library.depth_anything, annotator="depth_anything_v2"),
     "instant_id_face_keypoints": lambda image, resolution, a, b, tools: keypoint_map(
         image, int(resolution), tools.faces, tools.field),
 }
