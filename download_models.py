@@ -89,6 +89,7 @@ class Item:
     default: bool = True
     groups: tuple[str, ...] = ()
     revision: str | None = None  # a commit, for files whose bytes changed upstream; None = main
+    repo_type: str | None = None  # "space" for a file in a Space; None = a model repository
 
 
 def _config_items(family: str, repo_id: str, files: Iterable[str], default: bool = True) -> list[Item]:
@@ -148,21 +149,52 @@ MANIFEST: tuple[Item, ...] = (
          "configs/instantid-controlnet/config.json", groups=("instantid", "configs")),
 )
 
-# sd-webui-controlnet's annotator files (its `annotator/*/__init__.py` download URLs), in its folder layout under
-# ControlNetAnnotators/ (see engine/control/maps/annotators.py). Not in the default set; `--only annotators`.
+# sd-webui-controlnet's annotator files (its `annotator/*` download URLs), in its folder layout under
+# ControlNetAnnotators/ (see engine/control/maps/annotators.py). Not in the default set; `--only annotators`, or
+# one annotator's group `annotator-<name>` (the name its "not found" error gives).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
-ANNOTATOR_FILES: dict[str, tuple[str, ...]] = {
-    "hed": ("ControlNetHED.pth",), "pidinet": ("table5_pidinet.pth",), "mlsd": ("mlsd_large_512_fp32.pth",),
-    "lineart": ("sk_model.pth", "sk_model2.pth"), "lineart_anime": ("netG.pth",),
-    "openpose": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
-    "midas": ("dpt_hybrid-midas-501f0c75.pt",), "zoedepth": ("ZoeD_M12_N.pt",),
-    "leres": ("res101.pth", "latest_net_G.pth"), "normal_bae": ("scannet.pt",), "lama": ("ControlNetLama.pth",),
+ANIMAL_POSE_FILE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (folder, files)
+    "hed": ("hed", ("ControlNetHED.pth",)), "pidinet": ("pidinet", ("table5_pidinet.pth",)),
+    "mlsd": ("mlsd", ("mlsd_large_512_fp32.pth",)), "lineart": ("lineart", ("sk_model.pth", "sk_model2.pth")),
+    "lineart_anime": ("lineart_anime", ("netG.pth",)),
+    "openpose": ("openpose", ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")),
+    "midas": ("midas", ("dpt_hybrid-midas-501f0c75.pt",)), "zoedepth": ("zoedepth", ("ZoeD_M12_N.pt",)),
+    "leres": ("leres", ("res101.pth", "latest_net_G.pth")), "normal_bae": ("normal_bae", ("scannet.pt",)),
+    "lama": ("lama", ("ControlNetLama.pth",)),
+    "depth_anything": ("depth_anything", ("depth_anything_vitl14.pth",)),
+    "depth_anything_v2": ("depth_anything_v2", ("depth_anything_v2_vitl.safetensors",)),
+    "dwpose": ("openpose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),
+    "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
 }
-ANNOTATORS = tuple(
-    Item(f"annotator-{folder}/{file}", "annotator", ANNOTATOR_REPO, file, f"ControlNetAnnotators/{folder}/{file}",
-         default=False, groups=("annotators", f"annotator-{folder}"))
-    for folder, files in ANNOTATOR_FILES.items() for file in files
-)
+# Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
+# sd-webui-controlnet downloads them from.
+ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
+    "depth_anything_vitl14.pth": ("LiheYoung/Depth-Anything", "checkpoints/depth_anything_vitl14.pth", "space"),
+    "depth_anything_v2_vitl.safetensors": ("MackinationsAi/Depth-Anything-V2_Safetensors",
+                                           "depth_anything_v2_vitl.safetensors", None),
+    "yolox_l.onnx": ("yzd-v/DWPose", "yolox_l.onnx", None),
+    "dw-ll_ucoco_384.onnx": ("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", None),
+    ANIMAL_POSE_FILE: ("bdsqlsz/qinglong_controlnet-lllite", f"Annotators/{ANIMAL_POSE_FILE}", None),
+}
+
+
+def _annotator_items() -> tuple[Item, ...]:
+    """One item per file (a file two annotators share, such as DWPose's detector, is in both groups)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, (folder, files) in ANNOTATOR_FILES.items():
+        for file in files:
+            groups.setdefault((folder, file), []).append(f"annotator-{name}")
+    items = []
+    for (folder, file), names in groups.items():
+        repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
+        items.append(Item(f"annotator-{folder}/{file}", "annotator", repo_id, path,
+                          f"ControlNetAnnotators/{folder}/{file}", default=False, groups=("annotators", *names),
+                          repo_type=repo_type))
+    return tuple(items)
+
+
+ANNOTATORS = _annotator_items()
 # ControlNet 1.1 for SD1.5 as fp16 safetensors (the same weights as lllyasviel's .pth files), the config the
 # loader builds them with, an SD1.5 T2I-Adapter, and xinsir's SDXL union ControlNet (ProMax) with its config.
 CONTROLNET_11_REPO = "comfyanonymous/ControlNet-v1-1_fp16_safetensors"
@@ -203,8 +235,8 @@ def fetch_from_hub(item: Item, staging: Path) -> Path:
     """
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(item.repo_id, item.filename, revision=item.revision, local_dir=staging,
-                           token=os.environ.get("HF_TOKEN") or None)
+    path = hf_hub_download(item.repo_id, item.filename, revision=item.revision, repo_type=item.repo_type,
+                           local_dir=staging, token=os.environ.get("HF_TOKEN") or None)
     return Path(path)
 
 

@@ -169,6 +169,23 @@ def test_large_annotator_modules_match_controlnet_aux(large_annotators, module, 
 
 
 @pytest.mark.slow
+def test_openpose_modules_answer_their_poses_in_fractions_of_the_canvas(large_annotators):
+    """sd-webui-controlnet's `encode_poses_as_json` of controlnet_aux's `detect_poses` on the padded image."""
+    image = _image((80, SIZE))
+    body = detect(types.SimpleNamespace(root=large_annotators), {
+        "controlnet_module": "openpose_full", "controlnet_input_images": [_b64(image)],
+        "controlnet_processor_res": SIZE})
+    found = AnnotatorStore(large_annotators).get("openpose").detect_poses(
+        np.pad(image, [[0, 0], [0, 48], [0, 0]], mode="edge"), include_hand=True, include_face=True)
+    pose_json = body["poses"][0]
+    assert (pose_json["canvas_width"], pose_json["canvas_height"]) == (128, SIZE)
+    assert len(pose_json["people"]) == len(found)
+    for person, pose in zip(pose_json["people"], found, strict=True):
+        expected = [v for k in pose.body.keypoints for v in ((k.x, k.y, 1.0) if k else (0.0, 0.0, 0.0))]
+        np.testing.assert_allclose(person["pose_keypoints_2d"], expected)
+
+
+@pytest.mark.slow
 def test_lama_fills_the_masked_area_only(large_annotators):
     mask = np.zeros((SIZE, SIZE, 3), np.uint8)
     mask[16:48, 16:48] = 255

@@ -293,7 +293,19 @@ def test_hub_fetch_downloads_into_staging_with_the_token(monkeypatch, tmp_path):
     path = dm.fetch_from_hub(item, tmp_path)
     assert path == tmp_path / "face_yolov8n.pt"
     assert seen == {"repo_id": "Bingsu/adetailer", "filename": "face_yolov8n.pt", "revision": item.revision,
-                    "local_dir": tmp_path, "token": "hf_test"}
+                    "repo_type": None, "local_dir": tmp_path, "token": "hf_test"}
+    # Depth Anything V1's checkpoint lives in a Space, where sd-webui-controlnet downloads it from.
+    space_item = next(item for item in dm.MANIFEST if item.name.endswith("depth_anything_vitl14.pth"))
+    dm.fetch_from_hub(space_item, tmp_path)
+    assert (seen["repo_id"], seen["repo_type"]) == ("LiheYoung/Depth-Anything", "space")
+
+
+def test_an_annotator_file_two_annotators_share_is_in_both_groups():
+    detector = [item for item in dm.MANIFEST if item.dest == "ControlNetAnnotators/openpose/yolox_l.onnx"]
+    assert len(detector) == 1
+    assert {"annotator-dwpose", "annotator-animal_pose", "annotators"} <= set(detector[0].groups)
+    assert [item.name for item in dm.select(dm.MANIFEST, "annotator-dwpose")] == [
+        "annotator-openpose/yolox_l.onnx", "annotator-openpose/dw-ll_ucoco_384.onnx"]
 
 
 def test_demo_files_are_never_taken_for_real_ones(tmp_path, capsys):

@@ -41,8 +41,9 @@ def module_list(catalog, payload: dict[str, Any] | None = None) -> dict[str, Any
 
 def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
     """`POST /controlnet/detect`: run a preprocessor on images. Map modules answer `{"info", "images"}` (the
-    maps at the preprocessor's scale, base64 PNG; inpaint modules their RGB part); the face embedding answers
-    `{"info", "tensor"}` (each a base64 `torch.save` of the raw 512-d vector), as sd-webui-controlnet does.
+    maps at the preprocessor's scale, base64 PNG; inpaint modules their RGB part), the openpose modules also
+    "poses" (one OpenPose JSON per image); the face embedding answers `{"info", "tensor"}` (each a base64
+    `torch.save` of the raw 512-d vector), as sd-webui-controlnet does.
 
     Args:
         catalog: the models catalog (for the annotator and insightface folders when `models` is not given).
@@ -61,7 +62,10 @@ def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
     thresholds = (_slider(module.threshold_a, payload.get("controlnet_threshold_a", -1)),
                   _slider(module.threshold_b, payload.get("controlnet_threshold_b", -1)))
     faces = FaceFinder(_face_analyser(catalog, models))
-    tools = MapTools(detectors=_detectors(catalog, models), faces=faces)
+    poses: list[dict] = []
+    # sd-webui-controlnet answers "poses" for every module whose name says openpose.
+    tools = MapTools(detectors=_detectors(catalog, models), faces=faces,
+                     on_pose=poses.append if "openpose" in module.name else None)
     results = []
     for index, text in enumerate(images):
         field = f"controlnet_input_images[{index}]"
@@ -75,7 +79,7 @@ def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
         detected = detect_map(module.name, image, resolution, thresholds, replace(tools, field=field))
         results.append(png_base64(Image.fromarray(detected[:, :, :3]), None))
     key = "tensor" if module.output == FACE_EMBEDDING else "images"
-    return {"info": "Success", key: results}
+    return {"info": "Success", **({"poses": poses} if poses else {}), key: results}
 
 
 def _detectors(catalog, models):

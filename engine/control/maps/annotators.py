@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 DOWNLOAD_FOLDER = "ControlNetAnnotators"
 # sd-webui-controlnet's file names (`annotator/depth_anything*.py`).
 DEPTH_ANYTHING_V1, DEPTH_ANYTHING_V2 = "depth_anything_vitl14.pth", "depth_anything_v2_vitl.safetensors"
+DWPOSE_DETECTOR, DWPOSE_WHOLEBODY = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
+ANIMAL_POSE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
 EXTENSION_FOLDER = Path("..") / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
 
 
@@ -134,6 +136,15 @@ def _depth_anything(folder: Path, file: str, version: int):
     return DepthAnythingDetector(load_depth_anything(weights, version))
 
 
+def _pose_estimator(folder: Path, pose_file: str, animals: bool = False):
+    from engine.control.maps import dwpose
+
+    if animals:
+        return dwpose.PoseEstimator(folder / DWPOSE_DETECTOR, folder / pose_file, dwpose.ANIMAL_CLASSES,
+                                    dwpose.ANIMAL_INPUT)
+    return dwpose.PoseEstimator(folder / DWPOSE_DETECTOR, folder / pose_file)
+
+
 def _lama(folder: Path):
     """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
     from spandrel import ModelLoader
@@ -161,6 +172,12 @@ ANNOTATORS: dict[str, Annotator] = {
     "depth_anything_v2": Annotator("depth_anything_v2", (DEPTH_ANYTHING_V2,),
                                    lambda folder: _depth_anything(folder, DEPTH_ANYTHING_V2, 2),
                                    "CC-BY-NC-4.0 (Depth Anything V2 Large): non-commercial"),
+    # sd-webui-controlnet keeps DWPose's ONNX files beside OpenPose's in annotator/downloads/openpose.
+    "dwpose": Annotator("openpose", (DWPOSE_DETECTOR, DWPOSE_WHOLEBODY),
+                        lambda folder: _pose_estimator(folder, DWPOSE_WHOLEBODY), "Apache-2.0 (DWPose, YOLOX)"),
+    "animal_pose": Annotator("openpose", (DWPOSE_DETECTOR, ANIMAL_POSE),
+                             lambda folder: _pose_estimator(folder, ANIMAL_POSE, animals=True),
+                             "Apache-2.0 (RTMPose AP-10K, YOLOX)"),
 }
 
 

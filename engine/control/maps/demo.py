@@ -168,8 +168,25 @@ def _depth_anything_v2() -> dict:
     return {DEPTH_ANYTHING_V2: tiny_depth_anything(2)}
 
 
+def _dwpose() -> dict:
+    from engine.control.maps import tiny_pose
+    from engine.control.maps.annotators import DWPOSE_DETECTOR, DWPOSE_WHOLEBODY
+
+    return {DWPOSE_DETECTOR: tiny_pose.tiny_detector(),
+            DWPOSE_WHOLEBODY: tiny_pose.tiny_pose_model(tiny_pose.wholebody_layout(), tiny_pose.WHOLEBODY_INPUT)}
+
+
+def _animal_pose() -> dict:
+    from engine.control.maps import tiny_pose
+    from engine.control.maps.annotators import ANIMAL_POSE, DWPOSE_DETECTOR
+
+    return {DWPOSE_DETECTOR: tiny_pose.tiny_detector(),
+            ANIMAL_POSE: tiny_pose.tiny_pose_model(tiny_pose.animal_layout(), tiny_pose.ANIMAL_INPUT)}
+
+
 SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
-                                        "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2}
+                                        "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2,
+                                        "dwpose": _dwpose, "animal_pose": _animal_pose}
 LARGE: dict[str, Callable[[], dict]] = {"lineart_anime": _lineart_anime, "openpose": _openpose, "midas": _midas,
                                         "normal_bae": _normal_bae, "lama": _lama}
 
@@ -200,6 +217,7 @@ def _save(contents, path: Path) -> None:
     elif path.suffix == ".onnx":
         import onnx
 
+        onnx.checker.check_model(contents)
         onnx.save(contents, path)
     else:
         torch.save(contents, path)

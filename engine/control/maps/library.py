@@ -13,10 +13,19 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from engine.control.maps.poses import (
+    Person,
+    animal_poses,
+    draw_animals,
+    draw_people,
+    poses_json,
+    wholebody_people,
+)
 from engine.control.preprocess import resize_with_pad
 
 
 Detector = Callable[[str], object]  # annotator name → loaded detector
+PoseSink = Callable[[dict], None] | None  # receives the OpenPose JSON of the poses found (sd's json_pose_callback)
 
 
 def _padded_call(image: np.ndarray, resolution, detector, **options) -> np.ndarray:
@@ -68,9 +77,40 @@ def lineart_anime(image, resolution, a, b, detectors: Detector):
     return _padded_call(image, resolution, detectors("lineart_anime"))
 
 
-def openpose(image, resolution, a, b, detectors: Detector, body=True, hand=False, face=False):
-    return _padded_call(image, resolution, detectors("openpose"), include_body=body, include_hand=hand,
-                        include_face=face)
+def openpose(image, resolution, detectors: Detector, on_pose: PoseSink, body=True, hand=False, face=False):
+    """OpenPose (CMU body, hand and face networks): controlnet_aux finds and draws the poses; their JSON, in
+    fractions of the padded image, goes to `on_pose`."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    height, width = padded.shape[:2]
+    found = detectors("openpose").detect_poses(padded, include_hand=hand, include_face=face)
+    if on_pose is not None:
+        people = [Person(pose.body.keypoints, pose.left_hand, pose.right_hand, pose.face) for pose in found]
+        on_pose(poses_json(people, [], height, width))
+    from engine.control.maps.annotators import quiet_import
+
+    draw_poses = quiet_import("controlnet_aux.open_pose").draw_poses
+    return remove_pad(draw_poses(found, height, width, draw_body=body, draw_hand=hand, draw_face=face))
+
+
+def dw_openpose(image, resolution, detectors: Detector, on_pose: PoseSink):
+    """dw_openpose_full: DWPose's whole-body keypoints drawn as OpenPose's (body, hands, face); their JSON, in
+    pixels of the padded image, goes to `on_pose`."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    height, width = padded.shape[:2]
+    people = wholebody_people(detectors("dwpose")(padded))
+    if on_pose is not None:
+        on_pose(poses_json(people, [], height, width))
+    return remove_pad(draw_people(people, height, width))
+
+
+def animal_openpose(image, resolution, detectors: Detector, on_pose: PoseSink):
+    """animal_openpose: AP-10K keypoints of the detected animals, drawn as limbs; JSON under "animals"."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    height, width = padded.shape[:2]
+    animals = animal_poses(detectors("animal_pose")(padded))
+    if on_pose is not None:
+        on_pose(poses_json([], animals, height, width))
+    return remove_pad(draw_animals(animals, height, width))
 
 
 def midas_depth(image, resolution, a, b, detectors: Detector):

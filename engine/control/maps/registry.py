@@ -1,7 +1,8 @@
 """Which function draws each map module's map: a table keyed by the module's name in `engine.control.modules`.
 
 A runner takes (image HWC uint8 — RGBA for inpaint modules —, processor resolution, threshold a, threshold b,
-`MapTools`) and returns the map at the preprocessor's scale (HWC uint8; RGBA for inpaint modules).
+`MapTools`) and returns the map at the preprocessor's scale (HWC uint8; RGBA for inpaint modules). Pose modules
+also hand their poses' OpenPose JSON to `MapTools.on_pose`.
 """
 
 from collections.abc import Callable
@@ -21,6 +22,7 @@ class MapTools:
     faces: FaceFinder
     seed: int = 0  # sd-webui-controlnet `set_numpy_seed`: (seed + subseed) & 0xFFFFFFFF (shuffle)
     field: str = "image"  # for errors (no face found…)
+    on_pose: Callable[[dict], None] | None = None  # receives the pose modules' OpenPose JSON (`/controlnet/detect`)
 
 
 Runner = Callable[[np.ndarray, float, float, float, MapTools], np.ndarray]
@@ -32,6 +34,11 @@ def _plain(function) -> Runner:
 
 def _with_detectors(function, **options) -> Runner:
     return lambda image, resolution, a, b, tools: function(image, resolution, a, b, tools.detectors, **options)
+
+
+def _with_poses(function, **options) -> Runner:
+    return lambda image, resolution, a, b, tools: function(image, resolution, tools.detectors, tools.on_pose,
+                                                          **options)
 
 
 RUNNERS: dict[str, Runner] = {
@@ -57,11 +64,13 @@ RUNNERS: dict[str, Runner] = {
     "depth_zoe": _with_detectors(library.zoe),
     "depth_leres": _with_detectors(library.leres),
     "depth_leres++": _with_detectors(library.leres, boost=True),
-    "openpose": _with_detectors(library.openpose),
-    "openpose_face": _with_detectors(library.openpose, face=True),
-    "openpose_faceonly": _with_detectors(library.openpose, body=False, face=True),
-    "openpose_full": _with_detectors(library.openpose, hand=True, face=True),
-    "openpose_hand": _with_detectors(library.openpose, hand=True),
+    "openpose": _with_poses(library.openpose),
+    "openpose_face": _with_poses(library.openpose, face=True),
+    "openpose_faceonly": _with_poses(library.openpose, body=False, face=True),
+    "openpose_full": _with_poses(library.openpose, hand=True, face=True),
+    "openpose_hand": _with_poses(library.openpose, hand=True),
+    "dw_openpose_full": _with_poses(library.dw_openpose),
+    "animal_openpose": _with_poses(library.animal_openpose),
     "lineart": _with_detectors(library.lineart),
     "lineart_coarse": _with_detectors(library.lineart, coarse=True),
     "lineart_anime": _with_detectors(library.lineart_anime),
