@@ -166,6 +166,7 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "depth_anything_v2": ("depth_anything_v2", ("depth_anything_v2_vitl.safetensors",)),
     "dwpose": ("openpose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
+    "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
 }
 # Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
 # sd-webui-controlnet downloads them from.
@@ -176,6 +177,7 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "yolox_l.onnx": ("yzd-v/DWPose", "yolox_l.onnx", None),
     "dw-ll_ucoco_384.onnx": ("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", None),
     ANIMAL_POSE_FILE: ("bdsqlsz/qinglong_controlnet-lllite", f"Annotators/{ANIMAL_POSE_FILE}", None),
+    "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
 }
 
 

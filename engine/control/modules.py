@@ -179,6 +179,8 @@ _ROWS = (
                threshold_a=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
                threshold_b=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0)),
     ModuleSpec("normal_bae", tags=("NormalMap",), priority=100, annotator="normal_bae"),
+    ModuleSpec("anime_face_segment", label="seg_anime_face", tags=("Segmentation",),
+               annotator="anime_face_segment"),
     ModuleSpec("instant_id_face_keypoints", tags=("Instant-ID",)),
     # "InsightFace (InstantID)" is Forge's name for the same preprocessor (`forge_ipadapter.py`).
     ModuleSpec("instant_id_face_embedding", FACE_EMBEDDING, aliases=("InsightFace (InstantID)",),
@@ -189,9 +191,9 @@ MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in _ROWS}
 # sd-webui-controlnet modules this worker does not run (no maintained library has their models in the
 # extension's format): named in the error so a client knows it is not a typo.
 NOT_SUPPORTED: dict[str, str] = {
+    # OneFormer's detectron2 checkpoints and UniFormer's mmseg one have no maintained loader (README).
     **dict.fromkeys(("oneformer_ade20k", "seg_ofade20k", "oneformer_coco", "seg_ofcoco", "segmentation",
-                     "seg_ufade20k", "anime_face_segment", "seg_anime_face", "mobile_sam"),
-                    "segmentation (OneFormer / UniFormer / anime face / MobileSAM)"),
+                     "seg_ufade20k", "mobile_sam"), "segmentation (OneFormer / UniFormer / MobileSAM)"),
     **dict.fromkeys(("densepose", "densepose_parula"), "DensePose"),
     **dict.fromkeys(("lineart_anime_denoise", "depth_hand_refiner", "mediapipe_face", "teed", "softedge_teed",
                      "softedge_anyline", "normal_dsine", "t2ia_style_clipvision", "clip_vision"),

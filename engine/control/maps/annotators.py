@@ -33,6 +33,7 @@ DOWNLOAD_FOLDER = "ControlNetAnnotators"
 # sd-webui-controlnet's file names (`annotator/depth_anything*.py`).
 DEPTH_ANYTHING_V1, DEPTH_ANYTHING_V2 = "depth_anything_vitl14.pth", "depth_anything_v2_vitl.safetensors"
 DWPOSE_DETECTOR, DWPOSE_WHOLEBODY = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
+ANIME_FACE = "UNet.pth"
 ANIMAL_POSE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
 EXTENSION_FOLDER = Path("..") / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
 
@@ -145,6 +146,13 @@ def _pose_estimator(folder: Path, pose_file: str, animals: bool = False):
     return dwpose.PoseEstimator(folder / DWPOSE_DETECTOR, folder / pose_file)
 
 
+def _anime_face(folder: Path):
+    from engine.control.maps.anime_face import AnimeFaceSegmenter, load_anime_face
+
+    return AnimeFaceSegmenter(load_anime_face(torch.load(folder / ANIME_FACE, map_location="cpu",
+                                                         weights_only=True)))
+
+
 def _lama(folder: Path):
     """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
     from spandrel import ModelLoader
@@ -178,6 +186,8 @@ ANNOTATORS: dict[str, Annotator] = {
     "animal_pose": Annotator("openpose", (DWPOSE_DETECTOR, ANIMAL_POSE),
                              lambda folder: _pose_estimator(folder, ANIMAL_POSE, animals=True),
                              "Apache-2.0 (RTMPose AP-10K, YOLOX)"),
+    "anime_face_segment": Annotator("anime_face_segment", (ANIME_FACE,), _anime_face,
+                                    "MIT (Anime-Face-Segmentation)"),
 }
 
 

@@ -168,6 +168,13 @@ def _depth_anything_v2() -> dict:
     return {DEPTH_ANYTHING_V2: tiny_depth_anything(2)}
 
 
+def _anime_face() -> dict:
+    from engine.control.maps.anime_face import AnimeFaceUNet
+    from engine.control.maps.annotators import ANIME_FACE
+
+    return {ANIME_FACE: AnimeFaceUNet().state_dict()}
+
+
 def _dwpose() -> dict:
     from engine.control.maps import tiny_pose
     from engine.control.maps.annotators import DWPOSE_DETECTOR, DWPOSE_WHOLEBODY
@@ -186,7 +193,8 @@ def _animal_pose() -> dict:
 
 SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
                                         "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2,
-                                        "dwpose": _dwpose, "animal_pose": _animal_pose}
+                                        "dwpose": _dwpose, "animal_pose": _animal_pose,
+                                        "anime_face_segment": _anime_face}
 LARGE: dict[str, Callable[[], dict]] = {"lineart_anime": _lineart_anime, "openpose": _openpose, "midas": _midas,
                                         "normal_bae": _normal_bae, "lama": _lama}
 

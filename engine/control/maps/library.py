@@ -141,6 +141,13 @@ def depth_anything(image, resolution, a, b, detectors: Detector, annotator: str 
     return remove_pad(np.repeat(depth[:, :, None], 3, axis=2))
 
 
+def anime_face_segment(image, resolution, a, b, detectors: Detector):
+    """seg_anime_face: the segmenter works at short side 512 and its map is cut to the padded image's unpadded
+    size, as sd-webui-controlnet cuts it (so only at resolution 512 do the two scales agree)."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    return remove_pad(detectors("anime_face_segment")(padded))
+
+
 def normal_bae(image, resolution, a, b, detectors: Detector):
     return _padded_call(image, resolution, detectors("normal_bae"))
 

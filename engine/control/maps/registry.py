@@ -83,6 +83,7 @@ RUNNERS: dict[str, Runner] = {
     "pidinet_sketch": _with_detectors(library.pidinet, apply_filter=True),
     "mlsd": _with_detectors(library.mlsd),
     "normal_bae": _with_detectors(library.normal_bae),
+    "anime_face_segment": _with_detectors(library.anime_face_segment),
     "depth_anything": _with_detectors(library.depth_anything),
     "depth_anything_v2": _with_detectors(library.depth_anything, annotator="depth_anything_v2"),
     "instant_id_face_keypoints": lambda image, resolution, a, b, tools: keypoint_map(
