@@ -26,3 +26,7 @@ def choices(names) -> str:
     """Render valid names for an error message, sorted and quoted."""
     listed = ", ".join(repr(n) for n in sorted(names, key=str))
     return listed or "(none available)"
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory even when the request was retried with lower-memory settings."""

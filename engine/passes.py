@@ -10,7 +10,7 @@ from engine.prompts import parse_prompt_attention
 from engine.prompts.conditioning import build_conditioning
 from engine.prompts.options import PassShape, PromptOptions
 from engine.sampling.guidance import GuidedUNet
-from engine.sampling.loop import StepCallback, denoise
+from engine.sampling.loop import StepCallback, StopCheck, denoise
 from engine.sampling.noise import ImageNoise
 from engine.sampling.schedulers import prepare_sampler
 
@@ -71,9 +71,11 @@ def run_pass(
     on_step: StepCallback | None = None,
     embeddings=None,
     control=None,
+    should_stop: StopCheck | None = None,
 ) -> PassResult:
     """Denoise one batch: fresh per-image noise at this pass's size (A1111 draws it anew for hires fix and
-    img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop."""
+    img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop. When
+    `should_stop` ends the loop early, the result is the latest denoised estimate (see `denoise`)."""
     device = pipe.unet.device
     latent_shape = (
         LATENT_CHANNELS,
@@ -124,15 +126,23 @@ def run_pass(
         )
     image_conditioning = _image_conditioning(pipe, request, noise, init)
     unet = GuidedUNet(
-        pipe.unet, request.guidance_scale, conditioning, control=stack, image_conditioning=image_conditioning
+        pipe.unet,
+        request.guidance_scale,
+        conditioning,
+        control=stack,
+        image_conditioning=image_conditioning,
+        rows_per_call=pipe.unet_rows_per_call,
     )
     start = initial * sampler.start_sigma
+    # What a stop before the first model call leaves (A1111's `last_latent` before sampling starts).
+    sampler.last_denoised = start
     if init is not None:
         init = replace(init, latents=init.latents.to(device=device, dtype=torch.float32))
         start = init.latents + start
+        sampler.last_denoised = init.latents
         if init.repaint_mask is not None:
             sampler.denoised_filter = init.blend
-    latents = denoise(sampler, start, unet, on_step)
+    latents = denoise(sampler, start, unet, on_step, should_stop)
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
     return PassResult(latents, unet.calls, conditioning.extra_generation_params, conditioning.notes)

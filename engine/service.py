@@ -17,6 +17,7 @@ from engine.errors import RequestError
 from engine.generate import Models, Progress, generate
 from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
+from engine.memory import LOW_MEMORY_UNET_ROWS, LOW_MEMORY_VAE_TILING, run_with_memory_fallback
 from engine.networks.lora import apply_loras
 from engine.options import OptionsStore
 from engine.pipeline import INPAINTING_MASK_WEIGHT
@@ -112,7 +113,7 @@ class Engine:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
         return self._generate(
-            request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
+            "txt2img", request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
         )
 
     def img2img(
@@ -121,13 +122,13 @@ class Engine:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
         plan = to_img2img_plan(request, self.settings, defaults=self.options.for_request())
-        result = self._generate(request, plan, on_progress)
+        result = self._generate("img2img", request, plan, on_progress)
         if not request.include_init_images:
             # A1111 does not echo the (large) init images and mask unless asked to.
             result.parameters.update(init_images=None, mask=None)
         return result
 
-    def _generate(self, request, plan: GenerationPlan, on_progress) -> GenerationResult:
+    def _generate(self, job: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
         # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
         self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
@@ -135,7 +136,12 @@ class Engine:
         resolved = self._resolve(plan)
         vae = self.vaes.resolve(plan.vae, entry)  # an unknown sd_vae fails before any work
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
-        with self._generation_lock:
+        # The job shows in `GET /progress` and can be interrupted or skipped once it holds the lock.
+        passes = 2 if plan.hires else 1
+        with (
+            self._generation_lock,
+            self.jobs.running(job, request.force_task_id, passes, self.settings.job_timeout_s) as running,
+        ):
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
             models = self._models(entry, plan, resolved, vae)
@@ -152,7 +158,7 @@ class Engine:
                 models = replace(models, control=control)
             # LoRA stays active for every pass of the request, text encoders included, and is fully removed after.
             with apply_loras(models.base, self.catalog, plan.loras) as loras:
-                output = generate(plan, models, on_progress)
+                output, memory_note = self._generate_within_memory(plan, models, running, on_progress)
         # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis.
         extra = {**dict(plan.infotext_extra), **loras.extra_generation_params, **output.extra_params}
         if models.base.is_inpainting:
@@ -164,9 +170,10 @@ class Engine:
                 plan.prompts, plan.negative_prompts, plan.noise.seeds, plan.noise.subseeds, strict=True
             )
         ]
+        made = len(output.images)  # fewer than planned when the job was interrupted
         return GenerationResult(
             images=output.images,
-            infotexts=[infotexts.infotext(fields, record) for record in records],
+            infotexts=[infotexts.infotext(fields, record) for record in records[:made]],
             info=infotexts.info_json(
                 fields,
                 records,
@@ -175,17 +182,28 @@ class Engine:
                 job_timestamp=job_timestamp,
                 denoising_strength=request.denoising_strength if plan.hires or plan.init else None,
                 extra_keys={"is_using_inpainting_conditioning": True} if models.base.is_inpainting else None,
+                image_count=made,
             ),
             parameters=request.parameters(),
             warnings=[
                 *plan.warnings,
                 *loras.notes,
+                *([memory_note] if memory_note else []),
                 *output.notes,
                 *(models.control.notes if models.control else []),
             ],
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
         )
+
+    def _generate_within_memory(self, plan: GenerationPlan, models: Models, running, on_progress):
+        """Run the plan; out of memory, once more on lower-memory views of the models (engine.memory)."""
+
+        def attempt(low_memory: bool):
+            chosen = models.with_low_memory(LOW_MEMORY_VAE_TILING, LOW_MEMORY_UNET_ROWS) if low_memory else models
+            return generate(plan, chosen, running.reporter(on_progress), running.stop)
+
+        return run_with_memory_fallback(attempt, self.precision.device)
 
     def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
         """Every model file the plan names besides its checkpoint: hires upscaler and checkpoint, detectors."""

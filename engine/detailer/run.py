@@ -29,13 +29,19 @@ class DetailTarget:
 
 
 def detail_image(
-    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output
+    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output, should_stop=None
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
     `postprocess_image` with chained `process_images`). `units` pairs each DetailerPlan with its
-    (pipeline, detector); every pass is counted into `output` (a GenerationOutput)."""
+    (pipeline, detector); every pass is counted into `output` (a GenerationOutput).
+
+    `should_stop` (interrupt, skip, timeout) is asked before each unit, as ADetailer checks
+    `state.interrupted or state.skipped`, and before every model call: a mask cut short keeps its partial
+    inpaint and the masks after it are left alone."""
     image = target.image
     for unit, pipe, detector in units:
+        if should_stop is not None and should_stop():
+            break
         found = detector.detect(image, unit.confidence)
         masks = prepare_masks(found, unit.mask_options)
         if not masks:
@@ -53,14 +59,16 @@ def detail_image(
             seed,
             subseed,
         ):
-            context = (target, prompt_options, on_step, embeddings, output)
+            if should_stop is not None and should_stop():
+                break
+            context = (target, prompt_options, on_step, embeddings, output, should_stop)
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
 
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j."""
-    target, prompt_options, on_step, embeddings, output = context
+    target, prompt_options, on_step, embeddings, output, should_stop = context
     width, height = unit.size
     region = prepare_inpaint(
         image,
@@ -95,7 +103,8 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
         noise_multiplier=unit.noise_multiplier,
     )
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
-    result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings)
+    init_latents = InitLatents(init, repaint, conditioning)
+    result = run_pass(pipe, request, noise, init_latents, on_step, embeddings, should_stop=should_stop)
     output.add(result)
     decoded = pipe.decode_to_images(result.latents)[0]
     return region.paste_back(decoded)
