@@ -28,5 +28,15 @@ def choices(names) -> str:
     return listed or "(none available)"
 
 
+class ModelFileError(EngineError):
+    """A model file in the models folder cannot be loaded (corrupt, truncated, unreadable): names the file
+    relative to the models folder. Not the client's fault: answered like A1111's failed model loads (500)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory even when the request was retried with lower-memory settings."""

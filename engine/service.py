@@ -26,6 +26,7 @@ from engine.prompts.embeddings import EmbeddingDatabase
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
+from engine.resources.model_files import load_listed
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
@@ -37,6 +38,9 @@ from engine.wire.txt2img import Txt2ImgRequest
 
 
 logger = logging.getLogger(__name__)
+
+# The field a checkpoint is named by in errors (hires and ADetailer checkpoints load through the same cache).
+CHECKPOINT_FIELD = "sd_model_checkpoint"
 
 
 @dataclass
@@ -84,16 +88,20 @@ class Engine:
         self._pipelines = PipelineCache(
             self._load,
             budget_bytes=resolve_budget(settings.model_memory_budget_gb, self.precision.device),
-            estimate=lambda entry: estimate_checkpoint_bytes(entry.path, self.precision.dtype),
+            estimate=self._estimate,
         )
         self.options = OptionsStore(self.catalog, self.default_checkpoint)
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
-        self.detectors = DetectorCache(device=str(self.precision.device))
+        self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.control_models = ControlModels(
-            settings.models_dir, settings.config_roots, self.precision.device, self.precision.dtype
+            settings.models_dir,
+            settings.config_roots,
+            self.precision.device,
+            self.precision.dtype,
+            catalog=self.catalog,
         )
         self._generation_lock = threading.Lock()
 
@@ -238,7 +246,11 @@ class Engine:
             upscaler=resolved["upscaler"],
             embeddings=self.embeddings,
             detailers=tuple(
-                (unit, self._pipelines.get(unit_entry) if unit_entry else base, self.detectors.get(path))
+                (
+                    unit,
+                    self._pipelines.get(unit_entry) if unit_entry else base,
+                    self.detectors.get(path, unit.model_field),
+                )
                 for unit, unit_entry, path in zip(
                     plan.detailers, resolved["detailer_entries"], resolved["detectors"], strict=True
                 )
@@ -275,9 +287,23 @@ class Engine:
         # Like A1111 with no configured model: the first checkpoint in name order.
         return checkpoints[0] if checkpoints else None
 
+    def _estimate(self, entry: CheckpointEntry) -> int:
+        # Reads the file's header: a damaged or vanished file fails here, before residents are evicted for it.
+        return load_listed(
+            self.catalog,
+            entry.path,
+            CHECKPOINT_FIELD,
+            lambda: estimate_checkpoint_bytes(entry.path, self.precision.dtype),
+        )
+
     def _load(self, entry: CheckpointEntry):
         started = time.perf_counter()
-        pipeline = load_pipeline(entry.path, self.settings.config_roots, self.precision)
+        pipeline = load_listed(
+            self.catalog,
+            entry.path,
+            CHECKPOINT_FIELD,
+            lambda: load_pipeline(entry.path, self.settings.config_roots, self.precision),
+        )
         pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
         logger.info(
             "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device
