@@ -1,11 +1,12 @@
 """Stopping a running generation early, as A1111's `shared.state` flags do: interrupt, skip and a job timeout.
 
 A1111 (`sd_samplers_cfg_denoiser.CFGDenoiser.forward`) checks `state.interrupted or state.skipped` before every
-model call and, when set, ends sampling with the latest denoised estimate (`launch_sampling` returns
-`last_latent`), which is then decoded like a finished result. Interrupt then stops the whole job (no hires
-pass, no further batch iterations: `processing.process_images_inner`, `sample_hr_pass`); skip only ends the
-batch iteration under way, and is cleared when the next one starts. A timeout here is an interrupt raised by
-the clock. Pure: no torch.
+model call and, when set, ends sampling with the latest estimate of the clean latent (`launch_sampling` returns
+`last_latent`), which is then decoded like a finished result. (v1.10 keeps the first prompt's un-guided
+prediction there; this worker keeps the guided denoised estimate, as earlier versions did.) Interrupt then stops
+the whole job (no hires pass, no further batch iterations: `processing.process_images_inner`,
+`sample_hr_pass`); skip only ends the batch iteration under way, and is cleared when the next one starts. A
+timeout here is an interrupt raised by the clock. Pure: no torch.
 """
 
 import threading
