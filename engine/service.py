@@ -136,7 +136,7 @@ class Engine:
             result.parameters.update(init_images=None, mask=None)
         return result
 
-    def _generate(self, job: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
+    def _generate(self, name: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
         # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
         self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
@@ -148,7 +148,7 @@ class Engine:
         passes = 2 if plan.hires else 1
         with (
             self._generation_lock,
-            self.jobs.running(job, request.force_task_id, passes, self.settings.job_timeout_s) as running,
+            self.jobs.running(name, request.force_task_id, passes, self.settings.job_timeout_s) as running,
         ):
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
