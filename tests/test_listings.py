@@ -79,7 +79,7 @@ def test_unknown_endpoint_and_wrong_method_are_one_line_errors():
         r"POST /sdapi/v1/txt2img",
     ):
         route("POST", "/sdapi/v1/hypernetworks")
-    with pytest.raises(RequestError, match="accepts POST, got 'GET'"):
+    with pytest.raises(RequestError, match="^method: /sdapi/v1/txt2img accepts POST, got 'GET'"):
         route("GET", "sdapi/v1/txt2img")
 
 
