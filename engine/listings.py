@@ -173,10 +173,10 @@ def interrupt(engine, payload: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def skip(engine, payload: dict[str, Any]) -> dict[str, Any]:
-    """`POST /sdapi/v1/skip`: the running job's current batch stops at its next model call; the job goes on."""
+def skip(engine, payload: dict[str, Any]) -> None:
+    """`POST /sdapi/v1/skip`: the running job's current batch stops at its next model call; the job goes on.
+    A1111 answers null here (and `{}` to interrupt)."""
     engine.jobs.skip()
-    return {}
 
 
 def memory(engine, payload: dict[str, Any]) -> dict[str, Any]:
