@@ -142,7 +142,8 @@ def test_adetailer_does_not_start_after_an_interrupt(sd15_engine, one_step):
 
 
 def test_a_runpod_job_is_interrupted_by_another_job(sd15_engine, one_step):
-    """With concurrent jobs on one worker, an envelope calling /sdapi/v1/interrupt stops the running one."""
+    """An envelope calling /sdapi/v1/interrupt stops the job another thread is serving (the SDK itself runs a
+    synchronous handler one job at a time; programs embedding `serve_job` may not)."""
     engine = sd15_engine
     pause = Pause()
     job = {"id": "slow", "input": {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": SMALL}}

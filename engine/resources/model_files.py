@@ -13,11 +13,15 @@ import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from engine.errors import EngineError, ModelFileError, NotFoundError
+
+
+if TYPE_CHECKING:
+    from engine.resources.catalog import ModelCatalog
 
 
 logger = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ MAX_HEADER_BYTES = 100_000_000
 NOT_THE_FILE = (EngineError, MemoryError, ImportError, torch.OutOfMemoryError, torch.AcceleratorError)
 
 
-def load_listed(catalog, path: Path, field: str, load: Callable[[], Loaded]) -> Loaded:
+def load_listed(catalog: "ModelCatalog", path: Path, field: str, load: Callable[[], Loaded]) -> Loaded:
     """`load()` the model file (or folder) `path`, which `catalog` listed.
 
     Args:
@@ -114,7 +118,7 @@ def _zip_damage(path: Path) -> str | None:
     return None  # an intact archive, or a legacy (non-zip) pickle the loader will judge
 
 
-def _vanished(catalog, relative: str, field: str):
+def _vanished(catalog: "ModelCatalog", relative: str, field: str):
     catalog.refresh()
     raise NotFoundError(
         field, f"{relative} is no longer in the models folder (removed after it was listed); listings refreshed"
