@@ -34,11 +34,20 @@ class PreparedInit:
 
 
 def img2img_pass(
-    models, plan: GenerationPlan, batch: slice, noise: NoiseSpec, base: PassRequest, on_step, output, stop
+    models,
+    plan: GenerationPlan,
+    batch: slice,
+    noise: NoiseSpec,
+    base: PassRequest,
+    on_step,
+    output,
+    refiner=None,
+    stop=None,
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
     original back outside the mask), decode and paste back. Counts the pass into `output`; returns the images.
-    `stop` (a StopSignal) can end the denoising early."""
+    `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where A1111 would; `stop`
+    (a StopSignal) can end the denoising early."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -61,10 +70,18 @@ def img2img_pass(
     conditioning = _image_conditioning(pipe, prepared, plan, init.mask_round, generator)
     init_latents = InitLatents(latents, repaint, conditioning)
     result = run_pass(
-        pipe, request, noise, init_latents, on_step, models.embeddings, models.control, stop.requested
+        pipe,
+        request,
+        noise,
+        init_latents,
+        on_step,
+        models.embeddings,
+        models.control,
+        refiner=refiner,
+        should_stop=stop.requested if stop is not None else None,
     )
     output.add(result)
-    images = pipe.decode_to_images(result.latents)
+    images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images

@@ -14,26 +14,28 @@ from engine.control.models import ControlModels
 from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
 from engine.errors import RequestError
-from engine.generate import Models, Progress, generate
+from engine.generate import GenerationOutput, Models, Progress, generate
 from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
 from engine.memory import LOW_MEMORY_UNET_ROWS, LOW_MEMORY_VAE_TILING, run_with_memory_fallback
-from engine.networks.lora import apply_loras
+from engine.networks.session import LoraSession
 from engine.options import OptionsStore
 from engine.pipeline import INPAINTING_MASK_WEIGHT
 from engine.plan import GenerationPlan
+from engine.plan_models import load_models, resolve_models
 from engine.prompts.embeddings import EmbeddingDatabase
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.model_files import load_listed
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
+from engine.seamless import circular_padding
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
 from engine.wire import info as infotexts
 from engine.wire.img2img import Img2ImgRequest
-from engine.wire.routes import JobState, dispatch
+from engine.wire.routes import JobState, RunningJob, dispatch
 from engine.wire.txt2img import Txt2ImgRequest
 
 
@@ -120,9 +122,8 @@ class Engine:
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        return self._generate(
-            "txt2img", request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
-        )
+        plan = to_plan(request, self.settings, defaults=self.options.for_request())
+        return self._generate("txt2img", request, plan, on_progress)
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
@@ -141,8 +142,7 @@ class Engine:
         self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
         entry = self.resolve_checkpoint(plan.checkpoint)
-        resolved = self._resolve(plan)
-        vae = self.vaes.resolve(plan.vae, entry)  # an unknown sd_vae fails before any work
+        resolved = resolve_models(self, plan, entry)
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
         # The job shows in `GET /progress` and can be interrupted or skipped once it holds the lock.
         passes = 2 if plan.hires else 1
@@ -152,7 +152,7 @@ class Engine:
         ):
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
-            models = self._models(entry, plan, resolved, vae)
+            models = load_models(self, plan, resolved)
             if plan.control_units:
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
@@ -164,18 +164,21 @@ class Engine:
                     hires_size,
                 )
                 models = replace(models, control=control)
-            # LoRA stays active for every pass of the request, text encoders included, and is fully removed after.
-            with apply_loras(models.base, self.catalog, plan.loras) as loras:
-                output, memory_note = self._generate_within_memory(plan, models, running, on_progress)
-        # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis.
-        extra = {**dict(plan.infotext_extra), **loras.extra_generation_params, **output.extra_params}
+            output, lora_notes, memory_note = self._run(plan, models, running, on_progress)
+        # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis, then
+        # what sampling wrote (the refiner's keys).
+        extra = {**dict(plan.infotext_extra), **output.infotext_params()}
         if models.base.is_inpainting:
             extra["Conditional mask weight"] = INPAINTING_MASK_WEIGHT
-        fields = _infotext_fields(request, plan, entry, extra, vae)
+        fields = _infotext_fields(request, plan, entry, extra, resolved.vae)
         records = [
             infotexts.ImageRecord(prompt, negative, seed, subseed)
             for prompt, negative, seed, subseed in zip(
-                plan.prompts, plan.negative_prompts, plan.noise.seeds, plan.noise.subseeds, strict=True
+                plan.prompts_as_written or plan.prompts,
+                plan.negative_prompts,
+                plan.noise.seeds,
+                plan.noise.subseeds,
+                strict=True,
             )
         ]
         made = len(output.images)  # fewer than planned when the job was interrupted
@@ -195,7 +198,7 @@ class Engine:
             parameters=request.parameters(),
             warnings=[
                 *plan.warnings,
-                *loras.notes,
+                *lora_notes,
                 *([memory_note] if memory_note else []),
                 *output.notes,
                 *(models.control.notes if models.control else []),
@@ -204,58 +207,26 @@ class Engine:
             unet_calls=output.unet_calls,
         )
 
-    def _generate_within_memory(self, plan: GenerationPlan, models: Models, running, on_progress):
-        """Run the plan; out of memory, once more on lower-memory views of the models (engine.memory)."""
+    def _run(
+        self, plan: GenerationPlan, models: Models, running: RunningJob, on_progress
+    ) -> tuple[GenerationOutput, list[str], str | None]:
+        """Generate with the request's changes to shared modules in place, all undone afterwards even when the
+        request fails: circular padding for `tiling`, and the LoRAs each pass activates. Out of memory, the
+        plan runs once more on lower-memory views of the models (engine.memory). Returns the output, the LoRA
+        notes and the note of that retry (None without one)."""
+        with circular_padding(plan.tiling, _unets_and_vaes(models)) as padding:
+            # A LoRA's own convolutions (LoCon) are padded like the layers they extend.
+            after_load = (lambda pipe: padding.cover(pipe.unet)) if padding is not None else None
+            with LoraSession(self.catalog, after_load=after_load) as loras:
 
-        def attempt(low_memory: bool):
-            chosen = models.with_low_memory(LOW_MEMORY_VAE_TILING, LOW_MEMORY_UNET_ROWS) if low_memory else models
-            return generate(plan, chosen, running.reporter(on_progress), running.stop)
+                def attempt(low_memory: bool) -> GenerationOutput:
+                    chosen = replace(models, loras=loras)
+                    if low_memory:
+                        chosen = chosen.with_low_memory(LOW_MEMORY_VAE_TILING, LOW_MEMORY_UNET_ROWS)
+                    return generate(plan, chosen, running.reporter(on_progress), running.stop)
 
-        return run_with_memory_fallback(attempt, self.precision.device)
-
-    def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
-        """Every model file the plan names besides its checkpoint: hires upscaler and checkpoint, detectors."""
-        resolved: dict[str, Any] = {"upscaler": None, "hires_entry": None}
-        if plan.hires is not None:
-            resolved["upscaler"] = self.upscalers.get(plan.hires.upscaler, field="hr_upscaler")
-            if plan.hires.checkpoint:
-                resolved["hires_entry"] = self.catalog.find_checkpoint(
-                    plan.hires.checkpoint, "hr_checkpoint_name", closest=True
-                )
-        resolved["detectors"] = [
-            self.catalog.find_file("adetailer", unit.model, unit.model_field).path for unit in plan.detailers
-        ]
-        resolved["detailer_entries"] = [
-            self.catalog.find_checkpoint(
-                unit.checkpoint, unit.model_field.replace("ad_model", "ad_checkpoint"), closest=True
-            )
-            if unit.checkpoint
-            else None
-            for unit in plan.detailers
-        ]
-        return resolved
-
-    def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any], vae) -> Models:
-        """Load (or fetch from the resident cache) everything the plan runs on; call under the lock."""
-        # An external VAE is used through a view of the pipeline: the shared one is never changed.
-        base = self.vaes.pipeline_for(self._pipelines.get(entry), vae, entry)
-        hires_entry = resolved["hires_entry"]
-        return Models(
-            base=base,
-            hires=self._pipelines.get(hires_entry) if hires_entry and hires_entry != entry else None,
-            upscaler=resolved["upscaler"],
-            embeddings=self.embeddings,
-            detailers=tuple(
-                (
-                    unit,
-                    self._pipelines.get(unit_entry) if unit_entry else base,
-                    self.detectors.get(path, unit.model_field),
-                )
-                for unit, unit_entry, path in zip(
-                    plan.detailers, resolved["detailer_entries"], resolved["detectors"], strict=True
-                )
-            ),
-        )
+                output, memory_note = run_with_memory_fallback(attempt, self.precision.device)
+        return output, loras.notes, memory_note
 
     def warm_up(self) -> None:
         """Load the default checkpoint (and any `PRELOAD` ones) now rather than on the first request."""
@@ -269,6 +240,11 @@ class Engine:
             self._pipelines.get(entry)
 
     # --- models ----------------------------------------------------------------------------------------
+
+    @property
+    def pipelines(self) -> PipelineCache:
+        """The resident checkpoints (loaded on first use)."""
+        return self._pipelines
 
     def resolve_checkpoint(self, name: str | None) -> CheckpointEntry:
         if name:
@@ -311,6 +287,10 @@ class Engine:
         return pipeline
 
 
+def _unets_and_vaes(models: Models) -> list:
+    return [module for pipe in models.pipelines() for module in (pipe.unet, pipe.vae)]
+
+
 def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict, vae):
     choice = plan.sampler.choice
     return infotexts.InfotextFields(
@@ -327,6 +307,7 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         clip_skip=plan.prompt_options.clip_skip,
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
+        tiling=plan.tiling,
         extra=extra,
         **vae_infotext_fields(vae),
     )

@@ -23,12 +23,6 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
         lambda r: bool(r.restore_faces),
         "face restoration (CodeFormer/GFPGAN) is not supported",
     ),
-    ("tiling", lambda r: bool(r.tiling), "seamless tiling is not supported"),
-    (
-        "refiner_checkpoint",
-        lambda r: getattr(r, "refiner_checkpoint", None) not in (None, "", "None"),
-        "the refiner is not supported",
-    ),
     (
         "script_name",
         lambda r: r.script_name not in (None, "", "None"),
@@ -45,7 +39,7 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 )
 
 # alwayson_scripts A1111 extensions provide; matched case-insensitively like A1111 does.
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet"}
+SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
 
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
@@ -197,6 +191,9 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "rho": _number,
     "always_discard_next_to_last_sigma": _boolean,
     "initial_noise_multiplier": _number,
+    "tiling": _boolean,
+    "hires_fix_refiner_pass": _choice("first pass", "second pass", "both passes"),
+    "refiner_switch_by_sample_steps": _boolean,
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
 }
