@@ -15,6 +15,7 @@ import torch
 
 import handler
 from engine.errors import OutOfMemory
+from engine.generate import Models
 from engine.imaging.vae_tiling import VaeTiling
 from engine.memory import LOW_MEMORY_VAE_TILING, RETRY_NOTE
 from engine.sampling.guidance import Rows
@@ -76,6 +77,16 @@ def test_rows_split_into_their_own_layouts():
     assert rows.sliced(slice(0, 2)) == Rows((0, 0), ())
     assert rows.sliced(slice(2, 4)) == Rows((1,), (0,))
     assert rows.sliced(slice(4, 6)) == Rows((), (1,))
+
+
+def test_low_memory_views_cover_every_checkpoint_and_share_its_modules(sd15_engine):
+    pipe = shared_pipeline(sd15_engine)
+    models = Models(base=pipe, hires=pipe, refiner=pipe, detailers=((None, pipe, None),))
+    low = models.with_low_memory(LOW_MEMORY_VAE_TILING, 1)
+    assert low.base is low.hires is low.refiner is low.detailers[0][1] and low.base is not pipe
+    assert low.base.unet is pipe.unet and low.base.vae is pipe.vae and low.base.text_encoder is pipe.text_encoder
+    assert low.base.unet_rows_per_call == 1 and low.base.vae_tiling == LOW_MEMORY_VAE_TILING
+    assert pipe.unet_rows_per_call is None and pipe.vae_tiling != LOW_MEMORY_VAE_TILING
 
 
 def test_unet_out_of_memory_is_retried_one_row_at_a_time(sd15_engine):
