@@ -17,7 +17,7 @@ import handler
 from engine.errors import OutOfMemory
 from engine.generate import Models
 from engine.imaging.vae_tiling import VaeTiling
-from engine.memory import LOW_MEMORY_VAE_TILING, RETRY_NOTE
+from engine.memory import LOW_MEMORY_VAE_TILING, RETRY_NOTE, run_with_memory_fallback
 from engine.sampling.guidance import Rows
 
 
@@ -165,17 +165,34 @@ def test_out_of_memory_twice_is_one_clear_error_and_the_worker_goes_on(sd15_engi
     reference = engine.txt2img(PAYLOAD)
     job = {"id": "oom", "input": {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": PAYLOAD}}
     with out_of_memory_when(pipe.unet, lambda sample: True):
-        with pytest.raises(OutOfMemory) as raised:
-            engine.handle("POST", "/sdapi/v1/txt2img", PAYLOAD)
         output = handler.serve_job(job, engine)
-    message = (
-        "out of memory even with lower-memory settings (CUDA out of memory. Tried to allocate 2.00 GiB); "
-        "ask for fewer or smaller images"
-    )
-    assert str(raised.value) == message and "\n" not in message
-    assert output == {"error": message}  # no fresh worker needed: the device is usable
+    # An OutOfMemory error (the handler answers every EngineError so); no fresh worker: the device is usable.
+    assert output == {
+        "error": "out of memory even with lower-memory settings (CUDA out of memory. Tried to allocate "
+        "2.00 GiB); ask for fewer or smaller images"
+    }
     assert engine.jobs.progress()["current_task"] is None
     assert pipe.unet_rows_per_call is None and pipe.vae_tiling == VaeTiling(above_pixels=None)
     again = engine.txt2img(PAYLOAD)
     assert again.warnings == []
     assert [image.tobytes() for image in again.images] == [image.tobytes() for image in reference.images]
+
+
+def test_only_out_of_memory_errors_are_retried():
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1 TB")
+    attempts = []
+
+    def always(error):
+        def attempt(low_memory: bool):
+            attempts.append(low_memory)
+            raise error
+
+        return attempt
+
+    with pytest.raises(OutOfMemory, match=r"^out of memory even with lower-memory settings \(\[enforce"):
+        run_with_memory_fallback(always(cpu), torch.device("cpu"))
+    assert attempts == [False, True]
+    attempts.clear()
+    with pytest.raises(RuntimeError, match="^a bug$"):  # anything else is not retried
+        run_with_memory_fallback(always(RuntimeError("a bug")), torch.device("cpu"))
+    assert attempts == [False]
