@@ -1,7 +1,7 @@
 """Per ControlNet unit type: preprocess time and ControlNet / adapter forwards per request, beside
 sd-webui-controlnet's count (issue 12, "Measure").
 
-    python bench/controlnet_cost.py [--steps 8] [--size 64] [--runs 3]
+    python bench/controlnet_cost.py [--steps 8] [--size 64] [--runs 3] [--only depth_anything]
 
 One process, the tiny demo models (random weights, written to a temporary folder), Euler, CFG 5 (cond and
 uncond in one batch), txt2img at --size px. For each unit type the same request runs --runs times; the table
@@ -79,6 +79,17 @@ def unit_types(size: int) -> dict[str, tuple[str, dict]]:
                                                           "image": image}),
         "blur_gaussian → SDXL ControlNet": ("tiny-sdxl", {"module": "blur_gaussian", "model": "diffusers_xl_depth_tiny",
                                                           "image": image}),
+        "depth_anything → ControlNet": ("tiny-sd15", {"module": "depth_anything", "model": "control_v11f1p_sd15_depth",
+                                                      "image": image}),
+        "depth_anything_v2 → ControlNet": ("tiny-sd15", {"module": "depth_anything_v2",
+                                                         "model": "control_v11f1p_sd15_depth", "image": image}),
+        "dw_openpose_full → union ControlNet (SDXL)": ("tiny-sdxl", {"module": "dw_openpose_full",
+                                                                     "model": "controlnet-union-sdxl-promax",
+                                                                     "image": image}),
+        "animal_openpose → ControlNet": ("tiny-sd15", {"module": "animal_openpose",
+                                                       "model": "control_v11f1p_sd15_depth", "image": image}),
+        "seg_anime_face → ControlNet": ("tiny-sd15", {"module": "seg_anime_face", "model": "control_v11f1p_sd15_depth",
+                                                      "image": image}),
     }
 
 
@@ -97,6 +108,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="run only the unit types whose name contains this text")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)  # diffusers' loading chatter
@@ -121,8 +133,10 @@ def main() -> None:
         print(f"{'unit type':48} {'first ms':>9} {'warm ms':>8} {'forwards':>9} {'sd-webui-controlnet':>20} "  # noqa: T201
               f"{'ratio':>6}")
         for name, (checkpoint, unit) in unit_types(args.size).items():
-            run_unit(worker, name, checkpoint, unit, args, made, timings)
-        run_adetailer(worker, args, made, timings)
+            if args.only in name:
+                run_unit(worker, name, checkpoint, unit, args, made, timings)
+        if args.only in "ADetailer":
+            run_adetailer(worker, args, made, timings)
 
 
 def _payload(checkpoint: str, units: list, args) -> dict:
