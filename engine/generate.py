@@ -117,6 +117,10 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
     hires = plan.hires
     pipe = models.hires or models.base
     latents = upscale_for_hires(plan, models, result.latents, noise)
+    if hires.schedule_length == 0:
+        # Denoising strength 0: A1111's sampler gets the sigmas [0] and runs no step, so the upscaled latents
+        # are decoded as they are (no fresh noise is added either: it is scaled by sigma 0).
+        return latents, pipe
     width, height = hires.output_size
     second = replace(
         base,

@@ -44,8 +44,9 @@ class HiresPlan:
 
     @property
     def schedule_length(self) -> int:
-        """A1111 runs the last `num_inference_steps` of an `int(steps / denoise)`-step schedule."""
-        return int(self.num_inference_steps / self.strength)
+        """A1111 runs the last `num_inference_steps` of an `int(steps / denoise)`-step schedule; at strength 0
+        the schedule has no step (`setup_img2img_steps`), so the second pass denoises nothing."""
+        return int(self.num_inference_steps / self.strength) if self.strength > 0 else 0
 
     @property
     def output_size(self) -> tuple[int, int]:
