@@ -46,8 +46,14 @@ def img2img_pass(
         latents = F.interpolate(latents, size=(plan.height // 8, plan.width // 8), mode="bilinear")
     repaint = None
     if prepared.regions is not None:
+        # A given latent mask (A1111 `p.latent_mask`) replaces the processed inpainting mask for the blend.
         masks = [
-            latent_mask(region.mask, plan.width // 8, plan.height // 8, init.mask_round)
+            latent_mask(
+                init.latent_mask if init.latent_mask is not None else region.mask,
+                plan.width // 8,
+                plan.height // 8,
+                init.mask_round,
+            )
             for region in prepared.regions
         ]
         repaint = torch.from_numpy(np.stack(masks))[:, None].to(latents.device)

@@ -137,17 +137,29 @@ def face_restorers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def prompt_styles(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """None: this worker has no styles.csv (`styles` in a request is refused)."""
-    return []
+    """`GET /sdapi/v1/prompt-styles`: the styles of the styles files, `{name, prompt, negative_prompt}`."""
+    return engine.styles.listing()
 
 
 def scripts(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
-    """`GET /sdapi/v1/scripts`: the `alwayson_scripts` a request may use, by A1111's lower-case script names.
-    Clients such as webuiapi look here to decide which extension arguments to send."""
+    """`GET /sdapi/v1/scripts`: every script of each tab by A1111's lower-case name, selectable (`script_name`)
+    and always-on (`alwayson_scripts`). Clients such as webuiapi look here to decide which extension
+    arguments to send."""
     from engine.translate.common import SUPPORTED_SCRIPTS
+    from engine.wire.scripts import script_names
 
-    names = sorted(SUPPORTED_SCRIPTS)
-    return {"txt2img": names, "img2img": names}
+    return {
+        "txt2img": script_names(SUPPORTED_SCRIPTS, img2img=False),
+        "img2img": script_names(SUPPORTED_SCRIPTS, img2img=True),
+    }
+
+
+def script_info(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/script-info`: each script's name, tab, kind and positional args, as A1111 lists them."""
+    from engine.translate.common import SUPPORTED_SCRIPTS
+    from engine.wire.scripts import script_info as listing
+
+    return listing(SUPPORTED_SCRIPTS)
 
 
 # --- state -------------------------------------------------------------------------------------------------

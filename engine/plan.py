@@ -70,6 +70,9 @@ class InitPlan:
     only_masked: bool = True
     padding: int = 0
     noise_multiplier: float = 1.0
+    # A1111 `latent_mask`: the mask the latents are blended with instead of the (blurred) inpainting mask,
+    # resized straight to the latent size (outpainting scripts send a sharper one).
+    latent_mask: Any | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class GenerationPlan:
     init: InitPlan | None = None  # img2img
     control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
     vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
+    vae_tiling: Any | None = None  # engine.imaging.vae_tiling.VaeTiling for this request; None: the worker's rule
     detailers: tuple[DetailerPlan, ...] = ()
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()

@@ -22,16 +22,19 @@ from engine.options import OptionsStore
 from engine.pipeline import INPAINTING_MASK_WEIGHT
 from engine.plan import GenerationPlan
 from engine.prompts.embeddings import EmbeddingDatabase
+from engine.prompts.styles import StyleDatabase, styles_file_candidates
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
+from engine.scripts import ScriptContext, run_script
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
 from engine.wire import info as infotexts
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.routes import JobState, dispatch
+from engine.wire.scripts import selectable_script
 from engine.wire.txt2img import Txt2ImgRequest
 
 
@@ -91,6 +94,7 @@ class Engine:
         self.detectors = DetectorCache(device=str(self.precision.device))
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
+        self.styles = StyleDatabase(styles_file_candidates(settings.models_dir, settings.styles_file))
         self.control_models = ControlModels(
             settings.models_dir, settings.config_roots, self.precision.device, self.precision.dtype
         )
@@ -111,21 +115,55 @@ class Engine:
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        return self._generate(
-            request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
-        )
+        return self._serve(request, on_progress)
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
     ) -> GenerationResult:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
-        plan = to_img2img_plan(request, self.settings, defaults=self.options.for_request())
-        result = self._generate(request, plan, on_progress)
-        if not request.include_init_images:
-            # A1111 does not echo the (large) init images and mask unless asked to.
-            result.parameters.update(init_images=None, mask=None)
+        return self._serve(request, on_progress)
+
+    def _serve(self, request: Txt2ImgRequest | Img2ImgRequest, on_progress) -> GenerationResult:
+        """A request's selectable script (`script_name`), which runs its own generations, or one generation."""
+        img2img = isinstance(request, Img2ImgRequest)
+        script = selectable_script(request.script_name, img2img)
+        if script is None:
+            return self.generate_request(request, on_progress)
+        context = ScriptContext(
+            request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request
+        )
+        result = run_script(script, context)
+        result.parameters = _parameters(request)
         return result
+
+    def generate_request(
+        self, request: Txt2ImgRequest | Img2ImgRequest, on_progress=None, seeds: list[int] | None = None
+    ) -> GenerationResult:
+        """One generation for a parsed request, its script ignored; `seeds` (one per image) replace the ones
+        the request's `seed` gives (scripts that seed each image themselves, as A1111's take a seed list)."""
+        result = self._generate(request, self._plan(request, seeds), on_progress)
+        result.parameters = _parameters(request)
+        return result
+
+    def check_request(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
+        """Translate a request and resolve every model it names, without generating (RequestError if wrong)."""
+        plan = self._plan(request)
+        entry = self.resolve_checkpoint(plan.checkpoint)
+        self._resolve(plan)
+        self.vaes.resolve(plan.vae, entry)
+
+    def _plan(self, request: Txt2ImgRequest | Img2ImgRequest, seeds: list[int] | None = None) -> GenerationPlan:
+        defaults = self.options.for_request()
+        if isinstance(request, Img2ImgRequest):
+            plan = to_img2img_plan(request, self.settings, defaults=defaults, styles=self.styles)
+        else:
+            plan = to_plan(request, self.settings, defaults=defaults, styles=self.styles)
+        if seeds is None:
+            return plan
+        if len(seeds) != plan.image_count:
+            raise RequestError("seed", f"{len(seeds)} seeds for {plan.image_count} images")
+        return replace(plan, noise=replace(plan.noise, seeds=tuple(int(seed) for seed in seeds)))
 
     def _generate(self, request, plan: GenerationPlan, on_progress) -> GenerationResult:
         # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
@@ -212,11 +250,12 @@ class Engine:
     def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any], vae) -> Models:
         """Load (or fetch from the resident cache) everything the plan runs on; call under the lock."""
         # An external VAE is used through a view of the pipeline: the shared one is never changed.
-        base = self.vaes.pipeline_for(self._pipelines.get(entry), vae, entry)
+        base = _with_tiling(self.vaes.pipeline_for(self._pipelines.get(entry), vae, entry), plan.vae_tiling)
         hires_entry = resolved["hires_entry"]
+        hires = self._pipelines.get(hires_entry) if hires_entry and hires_entry != entry else None
         return Models(
             base=base,
-            hires=self._pipelines.get(hires_entry) if hires_entry and hires_entry != entry else None,
+            hires=_with_tiling(hires, plan.vae_tiling) if hires is not None else None,
             upscaler=resolved["upscaler"],
             embeddings=self.embeddings,
             detailers=tuple(
@@ -265,6 +304,24 @@ class Engine:
             "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device
         )
         return pipeline
+
+
+def _with_tiling(pipe, tiling):
+    """A view of `pipe` whose VAE runs with this request's tiling (`Tiled VAE`); `pipe` itself is untouched."""
+    if tiling is None:
+        return pipe
+    view = pipe.with_vae(pipe.vae)
+    view.vae_tiling = tiling
+    return view
+
+
+def _parameters(request) -> dict[str, Any]:
+    """A1111's response `parameters`: the request with defaults filled; img2img's (large) init images and mask
+    only when `include_init_images` asks for them."""
+    parameters = request.parameters()
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        parameters.update(init_images=None, mask=None)
+    return parameters
 
 
 def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict, vae):

@@ -28,6 +28,8 @@ class Settings:
     model_memory_budget_gb: float | None = None
     # Checkpoints loaded before the first request (names as in payloads); empty = the default only.
     preload: tuple[str, ...] = ()
+    # A1111 styles files (paths or wildcards, comma-separated); None: styles.csv beside or in the models folder.
+    styles_file: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -40,7 +42,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS` and `PRELOAD` (comma-separated) from the environment."""
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `PRELOAD` (comma-separated) and `STYLES_FILE` from the
+        environment."""
         from engine.resources.catalog import locate_models_root
 
         env = os.environ if env is None else env
@@ -59,6 +62,7 @@ class Settings:
             if env.get("MODEL_MEMORY_BUDGET_GB")
             else None,
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
+            "styles_file": env.get("STYLES_FILE") or None,
         }
         values = {k: v for k, v in values.items() if v is not None}
         return replace(settings, **{**values, **overrides})

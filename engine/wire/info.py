@@ -67,12 +67,12 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
     # A key already present keeps its place and only takes the new value (plain dict update).
     params.update(fields.extra)
     params["Version"] = VERSION
-    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None)
+    settings = ", ".join(f"{key}: {quote(value)}" for key, value in params.items() if value is not None)
     negative = f"\nNegative prompt: {image.negative_prompt}" if image.negative_prompt else ""
     return f"{image.prompt}{negative}\n{settings}"
 
 
-def _quote(value: Any) -> str:
+def quote(value: Any) -> str:
     """A1111 `infotext_utils.quote`: JSON-quote values that contain a separator."""
     text = str(value)
     if "," not in text and "\n" not in text and ":" not in text:

@@ -43,6 +43,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "sdapi/v1/refresh-loras": {"POST": "refresh_loras"},
     "sdapi/v1/memory": {"GET": "memory"},
     "sdapi/v1/scripts": {"GET": "scripts"},
+    "sdapi/v1/script-info": {"GET": "script_info"},
     "adetailer/v1/ad_model": {"GET": "ad_model"},
     "controlnet/model_list": {"GET": "controlnet_model_list"},
     "controlnet/module_list": {"GET": "controlnet_module_list"},
