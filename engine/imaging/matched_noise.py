@@ -52,12 +52,14 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, noise_q: float = 1.0, col
     fill_area, reference_area = grey_mask > 1e-6, grey_mask < 1e-3
 
     windowed = image * (1.0 - grey_mask[:, :, None])
-    windowed = windowed / np.max(windowed)
+    windowed = windowed / max(np.max(windowed), 1e-12)
     # Filling the masked area with the average colour gives the FFT better statistics than black.
     windowed = windowed + np.average(image) * mask
     source = _fft2(windowed)
     magnitude = np.absolute(source)
-    phase = source / magnitude
+    # The source divides by zero where a frequency is absent (a flat image) and fills with NaN; zero phase
+    # there keeps the fill defined.
+    phase = np.divide(source, magnitude, out=np.zeros_like(source), where=magnitude > 0)
 
     rng = np.random.default_rng(0)
     noise = rng.random((rows, cols, channels))
@@ -69,7 +71,8 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, noise_q: float = 1.0, col
 
     result = np.real(_ifft2(shaped))
     result -= np.min(result)
-    result /= np.max(result)
+    if np.max(result) > 0:
+        result /= np.max(result)
     result[fill_area, :] = match_histograms(result[fill_area, :], image[reference_area, :], channel_axis=1)
     result = image * (1.0 - mask) + result * mask
     return np.clip(result, 0.0, 1.0)

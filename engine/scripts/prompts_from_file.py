@@ -126,7 +126,7 @@ def run(spec, context):
         seed = fixed_seed(seed)
     requests = []
     for job in jobs:
-        requests.append(context.variant(seed=seed, **_job_changes(request, job, position)))
+        requests.append(context.variant(**{"seed": seed, **_job_changes(request, job, position)}))
         if iterate:
             seed += (request.batch_size or 1) * (request.n_iter or 1)
     context.validate(requests)
