@@ -83,6 +83,42 @@ def _embedding_item(shape: int | None, vectors: int | None) -> dict[str, Any]:
     }
 
 
+def hypernetworks(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/hypernetworks`: `{name, path}` per hypernetwork; none, this worker does not run them."""
+    return []
+
+
+def cmd_flags(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`GET /sdapi/v1/cmd-flags`: A1111's command-line flags (`vars(cmd_opts)`), those that describe this worker:
+    where its models are, the API-only mode, precision."""
+    from engine.prompts.styles import styles_file_candidates
+
+    settings = engine.settings
+    root = settings.models_dir
+    return {
+        "data_dir": str(root.parent),
+        "models_dir": str(root),
+        "ckpt_dir": str(root / "Stable-diffusion"),
+        "vae_dir": str(root / "VAE"),
+        "lora_dir": str(root / "Lora"),
+        "embeddings_dir": str(root / "embeddings"),
+        "esrgan_models_path": str(root / "ESRGAN"),
+        "realesrgan_models_path": str(root / "RealESRGAN"),
+        "hypernetwork_dir": str(root / "hypernetworks"),
+        "styles_file": styles_file_candidates(root, settings.styles_file),
+        "api": True,
+        "nowebui": True,
+        "allow_code": False,
+        "no_half": engine.precision.device.type != "cuda",
+        "no_half_vae": engine.precision.device.type != "cuda",
+        "lowvram": False,
+        "medvram": False,
+        "medvram_sdxl": False,
+        "xformers": False,
+        "opt_sdp_attention": True,
+    }
+
+
 def refresh_checkpoints(engine, payload: dict[str, Any]) -> None:
     engine.catalog.refresh("checkpoints")
 

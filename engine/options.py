@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "comma_padding_backtrack": 20,
     "sdxl_clip_l_skip": False,
     "samples_format": "png",
+    # A1111 UI options that clients read and write back (its own API test flips send_seed); stored, not read.
+    "send_seed": True,
     "jpeg_quality": 80,
     "webp_lossless": False,
 }

@@ -27,12 +27,12 @@ def client(demo_models):
 
 
 def test_unknown_endpoint_lists_the_supported_ones(client):
-    response = client.get("/sdapi/v1/hypernetworks")
+    response = client.get("/sdapi/v1/unknown-thing")
     assert response.status_code == 404
     body = response.json()
     assert set(body) == A1111_ERROR_KEYS
     assert (
-        "/sdapi/v1/hypernetworks is not supported" in body["detail"]
+        "/sdapi/v1/unknown-thing is not supported" in body["detail"]
         and "POST /sdapi/v1/txt2img" in body["detail"]
     )
     wrong = client.get("/sdapi/v1/txt2img")

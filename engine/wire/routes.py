@@ -44,6 +44,8 @@ ROUTES: dict[str, dict[str, str]] = {
     "sdapi/v1/memory": {"GET": "memory"},
     "sdapi/v1/scripts": {"GET": "scripts"},
     "sdapi/v1/script-info": {"GET": "script_info"},
+    "sdapi/v1/cmd-flags": {"GET": "cmd_flags"},
+    "sdapi/v1/hypernetworks": {"GET": "hypernetworks"},
     "adetailer/v1/ad_model": {"GET": "ad_model"},
     "controlnet/model_list": {"GET": "controlnet_model_list"},
     "controlnet/module_list": {"GET": "controlnet_module_list"},
