@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="run a payload file (RunPod envelope or bare txt2img)")
+    generate = commands.add_parser(
+        "generate", help="run a payload file (RunPod envelope, txt2img or img2img, or a bare txt2img payload)"
+    )
     generate.add_argument("payload", type=Path)
     generate.add_argument(
         "--out", type=Path, default=Path("outputs"), help="output folder (default: ./outputs)"
@@ -57,11 +59,13 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
 
     from engine import Engine
     from engine.imaging.png import png_bytes
-    from engine.wire.envelope import TXT2IMG, parse_job_input
+    from engine.wire.envelope import IMG2IMG, TXT2IMG, parse_job_input
 
     call = parse_job_input(_read_input(args.payload))
     engine = Engine(settings)
-    if call.endpoint != TXT2IMG:
+    # The generation endpoints write their images; any other call prints its response body.
+    generators = {TXT2IMG: engine.txt2img, IMG2IMG: engine.img2img}
+    if call.endpoint.strip("/") not in generators:
         print(json.dumps(engine.handle(call.method, call.endpoint, call.payload), indent=2))  # noqa: T201
         return 0
     bars: dict[int, tqdm] = {}
@@ -78,7 +82,7 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
         bar.update(progress.call + 1 - bar.n)
 
     try:
-        result = engine.txt2img(call.payload, on_progress=on_progress)
+        result = generators[call.endpoint.strip("/")](call.payload, on_progress=on_progress)
     finally:
         for bar in bars.values():
             bar.close()
