@@ -131,8 +131,9 @@ def test_poor_mans_outpainting(sd15_engine, init_image):
     (image,) = result.images
     assert image.size == (64, 128)
     # Tiles of 64 overlapping by 32 on a 64 × 128 canvas: rows at y = 0, 32, 64; the last lies inside the
-    # original, so two tiles are redrawn, one generation each.
-    assert len(json.loads(result.info)["all_seeds"]) == 2
+    # original, so two tiles are redrawn, one generation each of int(0.8 · 2) + 1 = 2 steps.
+    assert result.unet_calls == 2 * 2
+    assert json.loads(result.info)["all_seeds"] == [11]  # the seed of the returned image
 
 
 def test_tiled_vae_uses_a_view_and_leaves_the_shared_pipeline_alone(sd15_engine):

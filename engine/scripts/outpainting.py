@@ -13,6 +13,7 @@ an image mask for the paste-back and a sharper latent mask for the blend.
   seeds advancing by one. Work: one img2img pass per border tile.
 """
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -122,17 +123,20 @@ def run_mk2(spec, context):
         raise RequestError(args.where(3), "no direction to outpaint")
     blur_xy = (blur if sides["left"] or sides["right"] else 0, blur if sides["up"] or sides["down"] else 0)
     batch = max(1, request.batch_size or 1)
-    results, finished = [], []
+    results, finished, seeds = [], [], []
     for _ in range(max(1, request.n_iter or 1)):
         images = [original] * batch
         for side in DIRECTIONS:
             if sides[side]:
                 images = _mk2_pass(context, images, side, sides[side], blur_xy, noise, results)
+                if len(seeds) < len(finished) + len(images):
+                    seeds += json.loads(results[-1].info)["all_seeds"]  # each image's first-pass seed
         finished += images
     # A1111 puts a grid first when there are several images (`grid_only_if_multiple`).
     returned = [image_grid(finished), *finished] if len(finished) > 1 else finished
     first = results[0].infotexts[0]
-    return combine(results, returned, [first] * len(returned), index_of_first_image=len(returned) - len(finished))
+    return combine(results, returned, [first] * len(returned), index_of_first_image=len(returned) - len(finished),
+                   seeds=seeds)
 
 
 def _mk2_pass(context, images, side, pixels, blur, noise, results):
@@ -199,7 +203,7 @@ def run_poor_mans(spec, context):
         raise RequestError("script_args[3]", "no direction to outpaint")
     redrawn = dict(zip(border, (result.images[0] for result in results), strict=True))
     combined = _reassemble(grids[0], redrawn)
-    return combine(results, [combined], [results[0].infotexts[0]])
+    return combine(results, [combined], [results[0].infotexts[0]], seeds=[seed])
 
 
 def _border_mask(size: tuple[int, int], sides: dict[str, int], inset: int) -> Image.Image:
