@@ -169,3 +169,14 @@ def test_matched_noise_keeps_the_picture_and_matches_its_colours():
     assert np.array_equal(matched_noise(image, mask), filled)  # seeded: the fill depends on the image only
     flat = matched_noise(np.full((32, 32, 3), 0.5), mask[:32, :32])
     assert np.isfinite(flat).all()
+
+
+def test_costly_axes_change_in_the_outer_loop():
+    from engine.scripts.xyz_plot import AxisChoice, _loop_order
+
+    steps = AxisChoice(find_axis("Steps", False, "x"), [1, 2], "")
+    checkpoint = AxisChoice(find_axis("Checkpoint name", False, "x"), ["a", "b"], "")
+    nothing = AxisChoice(find_axis("Nothing", False, "x"), [0], "")
+    # A1111's default order runs X fastest; with checkpoints on X they change once, Y runs fastest.
+    assert _loop_order(steps, checkpoint, nothing) == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)]
+    assert _loop_order(checkpoint, steps, nothing) == [(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]

@@ -106,7 +106,7 @@ SELECTABLE_SCRIPTS: tuple[ScriptSpec, ...] = (
         ScriptArg("", "Will upscale the image by the selected scale factor; use width and height sliders "
                       "to set tile size"),
         _slider("Tile overlap", 64, 0, 256, 16),
-        ScriptArg("Upscaler", "Lanczos"),
+        ScriptArg("Upscaler", "None"),  # A1111: the first upscaler of its list
         _slider("Scale Factor", 2.0, 1.0, 4.0, 0.05),
     )),
     ScriptSpec("Loopback", False, txt2img=False, args=(
