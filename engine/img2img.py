@@ -34,10 +34,18 @@ class PreparedInit:
 
 
 def img2img_pass(
-    models, plan: GenerationPlan, batch: slice, noise: NoiseSpec, base: PassRequest, on_step, output
+    models,
+    plan: GenerationPlan,
+    batch: slice,
+    noise: NoiseSpec,
+    base: PassRequest,
+    on_step,
+    output,
+    refiner=None,
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
-    original back outside the mask), decode and paste back. Counts the pass into `output`; returns the images."""
+    original back outside the mask), decode and paste back. Counts the pass into `output`; returns the images.
+    `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where A1111 would."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -65,9 +73,11 @@ def img2img_pass(
     )
     conditioning = _image_conditioning(pipe, prepared, plan, init.mask_round, generator)
     init_latents = InitLatents(latents, repaint, conditioning)
-    result = run_pass(pipe, request, noise, init_latents, on_step, models.embeddings, models.control)
+    result = run_pass(
+        pipe, request, noise, init_latents, on_step, models.embeddings, models.control, refiner=refiner
+    )
     output.add(result)
-    images = pipe.decode_to_images(result.latents)
+    images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images

@@ -38,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "emphasis": "Original",
     "comma_padding_backtrack": 20,
     "sdxl_clip_l_skip": False,
+    "tiling": False,
+    "hires_fix_refiner_pass": "second pass",
+    "refiner_switch_by_sample_steps": False,
+    "sdxl_refiner_low_aesthetic_score": 2.5,
+    "sdxl_refiner_high_aesthetic_score": 6.0,
     "samples_format": "png",
     # A1111 UI options that clients read and write back (its own API test flips send_seed); stored, not read.
     "send_seed": True,

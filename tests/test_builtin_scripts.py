@@ -53,14 +53,12 @@ def test_sampler_script_sets_steps_sampler_and_schedule():
     assert (plan.sampler.choice.sampler, plan.sampler.choice.schedule) == ("DPM++ 2M", "Karras")
 
 
-def test_refiner_script_routes_to_the_refiner_fields():
-    from engine.translate.alwayson import apply_builtin_scripts
-
-    request = Txt2ImgRequest.parse({"alwayson_scripts": {"Refiner": {"args": [True, "tiny-sdxl", 0.6]}}})
-    rewritten, _, _ = apply_builtin_scripts(request, img2img=False)
-    assert (rewritten.refiner_checkpoint, rewritten.refiner_switch_at) == ("tiny-sdxl", 0.6)
-    off = Txt2ImgRequest.parse({"alwayson_scripts": {"Refiner": {"args": [False, "tiny-sdxl", 0.6]}}})
-    assert apply_builtin_scripts(off, img2img=False)[0].refiner_checkpoint is None
+def test_refiner_script_reaches_the_refiner_plan():
+    plan = plan_for({"Refiner": {"args": [True, "tiny-sdxl-refiner", 0.6]}})
+    assert (plan.refiner.checkpoint, plan.refiner.switch_at) == ("tiny-sdxl-refiner", 0.6)
+    assert plan_for({"Refiner": {"args": [True, "tiny-sdxl-refiner", 0.6]}}, refiner_checkpoint="other",
+                    refiner_switch_at=0.5).refiner.checkpoint == "other"
+    assert plan_for({"Refiner": {"args": [False, "tiny-sdxl-refiner", 0.6]}}).refiner is None
 
 
 @pytest.mark.parametrize("name", ["Comments", "Hypertile", "Extra options", "Tiled Diffusion", "tiled vae"])

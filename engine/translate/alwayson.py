@@ -79,12 +79,9 @@ def _sampler(args: list[Any], where: str) -> Applied:
 
 
 def _refiner(args: list[Any], where: str) -> Applied:
-    """`[enable, checkpoint, switch_at]` (`refiner.py`): off, or no checkpoint, means no refiner."""
-    checkpoint = _arg(args, 1, "")
-    if not _flag(_arg(args, 0, False)) or checkpoint in ("", "None"):
-        return Applied()
-    switch_at = _number(_arg(args, 2, 0.8), f"{where}[2]")
-    return Applied({"refiner_checkpoint": str(checkpoint), "refiner_switch_at": switch_at})
+    """`[enable, checkpoint, switch_at]` (`refiner.py`): read where the refiner is planned
+    (`engine.translate.refiner.refiner_plan`, the top-level fields winning there too), so nothing here."""
+    return Applied()
 
 
 def _extra_options(args: list[Any], where: str) -> Applied:

@@ -25,12 +25,6 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
         lambda r: bool(r.restore_faces),
         "face restoration (CodeFormer/GFPGAN) is not supported",
     ),
-    ("tiling", lambda r: bool(r.tiling), "seamless tiling is not supported"),
-    (
-        "refiner_checkpoint",
-        lambda r: getattr(r, "refiner_checkpoint", None) not in (None, "", "None"),
-        "the refiner is not supported",
-    ),
     (
         "firstpass_image",
         lambda r: bool(getattr(r, "firstpass_image", None)),
@@ -40,9 +34,10 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
     ("s_min_uncond", lambda r: bool(r.s_min_uncond), "skipping the negative prompt early is not supported"),
 )
 
-# alwayson_scripts A1111 extensions provide; matched case-insensitively like A1111 does. (A1111's own always-on
-# scripts are in engine.wire.scripts / engine.translate.alwayson.)
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet"}
+# alwayson_scripts A1111 extensions provide (and scripts other modules read: the refiner); matched
+# case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
+# engine.translate.alwayson.
+SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
 
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
@@ -196,6 +191,9 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "rho": _number,
     "always_discard_next_to_last_sigma": _boolean,
     "initial_noise_multiplier": _number,
+    "tiling": _boolean,
+    "hires_fix_refiner_pass": _choice("first pass", "second pass", "both passes"),
+    "refiner_switch_by_sample_steps": _boolean,
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
 }

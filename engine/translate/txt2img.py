@@ -24,13 +24,5 @@ def to_plan(
     plan = replace(plan, warnings=plan.warnings + tuple(rewrite_warnings), vae_tiling=vae_tiling)
     if not request.enable_hr:
         return plan
-    hires, infotext = hires_plan(
-        request,
-        settings,
-        plan.prompts,
-        plan.negative_prompts,
-        plan.num_inference_steps,
-        plan.sampler,
-        options,
-    )
+    hires, infotext = hires_plan(request, settings, plan, options)
     return replace(plan, hires=hires, infotext_extra=plan.infotext_extra + infotext)

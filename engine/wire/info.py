@@ -37,6 +37,7 @@ class InfotextFields:
     clip_skip: int = 1
     ensd: int | None = None  # only for samplers that use it
     rng: str = "GPU"
+    tiling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # A1111's extra_generation_params, in order
 
 
@@ -63,6 +64,7 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
         "Clip skip": fields.clip_skip if fields.clip_skip > 1 else None,
         "ENSD": fields.ensd or None,
         "RNG": fields.rng if fields.rng != "GPU" else None,
+        "Tiling": "True" if fields.tiling else None,
     }
     # A key already present keeps its place and only takes the new value (plain dict update).
     params.update(fields.extra)

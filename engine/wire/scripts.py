@@ -224,6 +224,7 @@ def script_info(extensions: dict[str, str]) -> list[dict[str, Any]]:
             if spec.exists_in(img2img):
                 listed.append({"name": spec.name, "is_alwayson": spec.alwayson, "is_img2img": img2img,
                                "args": [arg.info() for arg in spec.args]})
-        for name in sorted(extensions):
+        ours = {spec.name for spec in (*SELECTABLE_SCRIPTS, *BUILTIN_ALWAYSON_SCRIPTS)}
+        for name in sorted(set(extensions) - ours):
             listed.append({"name": name, "is_alwayson": True, "is_img2img": img2img, "args": []})
     return listed
