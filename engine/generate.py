@@ -40,6 +40,8 @@ class Progress:
 class GenerationOutput:
     images: list[Image.Image]
     unet_calls: int
+    control_calls: int = 0  # ControlNet / T2I-Adapter forwards (ADetailer's passes; the main ones are counted
+    # by the request's ControlRequest)
     notes: list[str] = field(default_factory=list)  # reported to the client as warnings
     # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
     extra_params: dict[str, str] = field(default_factory=dict)
@@ -72,6 +74,8 @@ class Models:
     detailers: tuple = ()
     embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
     control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
+    # (units, (width, height), seed) → ControlRequest: ADetailer's own ControlNet, prepared per inpaint pass.
+    make_control: Callable | None = None
     loras: LoraSession | None = None  # the request's LoRAs, activated pass by pass; None: no LoRAs
 
     def pipelines(self) -> list[A1111Pipeline]:
@@ -108,6 +112,8 @@ def generate(
                 # 1–2. Base pass from noise, then hires fix; 3. decode.
                 latents, pipe = _txt2img(plan, models, batch, noise, progress, output)
                 images = pipe.decode_to_images(latents)
+                if models.control is not None:
+                    images = models.control.postprocess(images, *images[0].size)
 
         # 4. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
         output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output)
@@ -243,7 +249,8 @@ def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, o
     )
     networks = models.loras if plan.extra_networks_enabled else None
     return detail_image(
-        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks
+        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks,
+        models.make_control,
     )
 
 

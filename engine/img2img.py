@@ -78,6 +78,9 @@ def img2img_pass(
     )
     output.add(result)
     images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)
+    if models.control is not None:
+        # sd-webui-controlnet's pixel steps run on the decoded pass, before A1111 pastes it back.
+        images = models.control.postprocess(images, plan.width, plan.height)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images

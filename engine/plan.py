@@ -98,6 +98,7 @@ class DetailerPlan:
     noise_multiplier: float = 1.0
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
+    controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """ADetailer units → `DetailerPlan`s, in diffusers' terms."""
 
 from engine import samplers
+from engine.control.units import detailer_controlnet
 from engine.detailer.args import ADetailerArgs
 from engine.errors import UnsupportedError
 from engine.networks import lora_requests
@@ -56,6 +57,7 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else 1.0,
                 clip_skip=unit.ad_clip_skip if unit.ad_use_clip_skip else None,
                 checkpoint=checkpoint,
+                controlnet=detailer_controlnet(unit, adetailer.field(position, "ad_controlnet_model")),
             )
         )
     return tuple(plans)
