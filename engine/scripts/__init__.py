@@ -7,9 +7,10 @@ field names. Only `ScriptContext.generate` touches models.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from engine.scripts.results import combine
 from engine.wire.scripts import ScriptSpec
 
 
@@ -33,13 +34,21 @@ class ScriptContext:
     upscalers: Any = None
     on_progress: Callable[[Any], None] | None = None
     check: Callable[[Any], None] | None = None
+    done: list = field(default_factory=list)  # every generation's result so far, in order
+
 
     def variant(self, **changes: Any):
         """The request with `changes`, without its script (a script's generations are plain ones)."""
         return self.request.model_copy(update={"script_name": None, "script_args": [], **changes})
 
     def run(self, request, seeds: list[int] | None = None):
-        return self.generate(request, self.on_progress, seeds=seeds)
+        """One generation. Raises `ScriptStopped` when it came back short: an interrupt, skip or timeout
+        stopped it, and A1111's scripts stop with `state.interrupted` too."""
+        result = self.generate(request, self.on_progress, seeds=seeds)
+        self.done.append(result)
+        if len(result.images) < planned_images(request):
+            raise ScriptStopped()
+        return result
 
     def validate(self, requests) -> None:
         if self.check is not None:
@@ -47,8 +56,23 @@ class ScriptContext:
                 self.check(request)
 
 
+class ScriptStopped(Exception):  # noqa: N818 - a signal, not an error
+    """A script's generation was stopped (interrupt, skip, job timeout): the script ends there."""
+
+
+def planned_images(request) -> int:
+    """How many images a plain generation of `request` makes (img2img: one per init image when several)."""
+    init_images = getattr(request, "init_images", None) or []
+    batch = len(init_images) if len(init_images) > 1 else max(1, request.batch_size or 1)
+    return batch * max(1, request.n_iter or 1)
+
+
 def run_script(spec: ScriptSpec, context: ScriptContext):
-    """Run the selectable script `spec` for `context.request`; returns the combined `GenerationResult`."""
+    """Run the selectable script `spec` for `context.request`; returns the combined `GenerationResult`.
+
+    When one of its generations is stopped (interrupt, skip, timeout), the script ends and the response holds
+    the images made so far, ungridded, with a warning, as a stopped plain request keeps its images.
+    """
     from engine.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz_plot
 
     runners: dict[str, Callable[[ScriptSpec, ScriptContext], Any]] = {
@@ -60,7 +84,17 @@ def run_script(spec: ScriptSpec, context: ScriptContext):
         "outpainting mk2": outpainting.run_mk2,
         "poor man's outpainting": outpainting.run_poor_mans,
     }
-    return runners[spec.name](spec, context)
+    try:
+        return runners[spec.name](spec, context)
+    except ScriptStopped:
+        results = context.done
+        images = [image for result in results for image in result.images]
+        infotexts = [text for result in results for text in result.infotexts]
+        stopped = combine(results, images, infotexts)
+        stopped.warnings = [f"{spec.title} stopped after {len(results)} of its generations (interrupted, "
+                            "skipped or timed out): the images made so far, without the script's grid",
+                            *stopped.warnings]
+        return stopped
 
 
 __all__ = ["ScriptContext", "run_script"]
