@@ -60,6 +60,8 @@ class GenerationResult:
     unet_calls: int = 0
     # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
     detected_maps: list[Image.Image] = field(default_factory=list)
+    # Stopped by an interrupt or the job timeout (a script stops there too, as A1111's `state.interrupted`).
+    interrupted: bool = False
 
     def response(self, send_images: bool = True, encoding: ImageEncoding = PNG) -> dict[str, Any]:
         """A1111's body; images encoded as `encode_pil_to_base64` does, in `encoding`'s format, the infotext
@@ -249,6 +251,7 @@ class Engine:
             ],
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
+            interrupted=running.stop.interrupted,
         )
 
     def _detailer_control(self, units, size, seed: int):

@@ -166,3 +166,19 @@ def test_script_errors_come_before_any_work(sd15_engine, endpoint, payload, mess
     with pytest.raises(RequestError, match=message):
         sd15_engine.handle("POST", f"sdapi/v1/{endpoint}", {**SMALL, **payload}, on_progress=calls.append)
     assert calls == []
+
+
+def test_an_interrupt_ends_the_script_with_the_images_made_so_far(sd15_engine):
+    progress = []
+
+    def interrupt_in_the_second_cell(report) -> None:
+        progress.append(report)
+        if len(progress) == 3:  # the second cell's first step (2 steps per cell)
+            sd15_engine.jobs.interrupt()
+
+    payload = {**SMALL, "script_name": "X/Y/Z plot", "script_args": xyz_args(1, "1, 2, 3")}
+    result = sd15_engine.txt2img(payload, on_progress=interrupt_in_the_second_cell)
+    # A1111's scripts stop at `state.interrupted`: no third cell, no grid; the two cells made are returned.
+    assert len(result.images) == 2 and json.loads(result.info)["all_seeds"] == [1, 2]
+    assert result.warnings[0].startswith("X/Y/Z plot stopped after 2 of its generations")
+    assert len(progress) == 3

@@ -42,11 +42,11 @@ class ScriptContext:
         return self.request.model_copy(update={"script_name": None, "script_args": [], **changes})
 
     def run(self, request, seeds: list[int] | None = None):
-        """One generation. Raises `ScriptStopped` when it came back short: an interrupt, skip or timeout
-        stopped it, and A1111's scripts stop with `state.interrupted` too."""
+        """One generation. Raises `ScriptStopped` when an interrupt or the job timeout stopped it: A1111's
+        scripts end with `state.interrupted` too (a skip ends only that generation's batch)."""
         result = self.generate(request, self.on_progress, seeds=seeds)
         self.done.append(result)
-        if len(result.images) < planned_images(request):
+        if result.interrupted or len(result.images) < planned_images(request):
             raise ScriptStopped()
         return result
 
@@ -70,8 +70,8 @@ def planned_images(request) -> int:
 def run_script(spec: ScriptSpec, context: ScriptContext):
     """Run the selectable script `spec` for `context.request`; returns the combined `GenerationResult`.
 
-    When one of its generations is stopped (interrupt, skip, timeout), the script ends and the response holds
-    the images made so far, ungridded, with a warning, as a stopped plain request keeps its images.
+    When one of its generations is stopped (interrupt, timeout), the script ends and the response holds the
+    images made so far, ungridded, with a warning, as a stopped plain request keeps its images.
     """
     from engine.scripts import loopback, outpainting, prompt_matrix, prompts_from_file, sd_upscale, xyz_plot
 
@@ -91,9 +91,8 @@ def run_script(spec: ScriptSpec, context: ScriptContext):
         images = [image for result in results for image in result.images]
         infotexts = [text for result in results for text in result.infotexts]
         stopped = combine(results, images, infotexts)
-        stopped.warnings = [f"{spec.title} stopped after {len(results)} of its generations (interrupted, "
-                            "skipped or timed out): the images made so far, without the script's grid",
-                            *stopped.warnings]
+        stopped.warnings = [f"{spec.title} stopped after {len(results)} of its generations (interrupted or "
+                            "timed out): the images made so far, without the script's grid", *stopped.warnings]
         return stopped
 
 
