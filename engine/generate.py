@@ -15,6 +15,7 @@ from engine.passes import InitLatents, PassRequest, run_pass
 from engine.pipeline import A1111Pipeline
 from engine.plan import GenerationPlan, NoiseSpec
 from engine.prompts.options import PassShape
+from engine.restore.step import restore_decoded
 from engine.sampling.loop import StepCallback
 from engine.upscale.latent import LatentUpscaler
 
@@ -38,6 +39,7 @@ class GenerationOutput:
     images: list[Image.Image]
     unet_calls: int
     notes: list[str] = field(default_factory=list)  # reported to the client as warnings
+    restorer_calls: int = 0  # face restoration network calls: one per restored face
     # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
     extra_params: dict[str, str] = field(default_factory=dict)
 
@@ -56,10 +58,11 @@ class Models:
     base: A1111Pipeline
     hires: A1111Pipeline | None = None  # a different checkpoint for hires fix's second pass
     upscaler: object | None = None  # the resolved hires upscaler (latent or pixel)
-    # One (DetailerPlan, pipeline, detector) per ADetailer unit, in order.
+    # One (DetailerPlan, pipeline, detector, face restorer or None) per ADetailer unit, in order.
     detailers: tuple = ()
     embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
     control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
+    restorer: object | None = None  # engine.restore.registry.FaceRestorer for plan.face_restoration
 
 
 @torch.no_grad()
@@ -67,7 +70,7 @@ def generate(
     plan: GenerationPlan, models: Models, on_progress: Callable[[Progress], None] | None = None
 ) -> GenerationOutput:
     """Run a plan, one batch per A1111 iteration (`n_iter`): base pass (txt2img or img2img), hires fix,
-    decode, then ADetailer on each finished image."""
+    decode, face restoration, then ADetailer on each finished image."""
     output = GenerationOutput([], 0)
     for iteration in range(plan.n_iter):
         batch = plan.batch(iteration)
@@ -77,15 +80,20 @@ def generate(
         # (ADetailer's inner passes run without the extension's units, as ADetailer runs them by default).
         with _control_applied(models):
             if plan.init is not None:
-                # 1. img2img / inpainting: the base pass starts from the init images; no hires fix.
+                # 1. img2img / inpainting: the base pass starts from the init images; no hires fix. It restores
+                # faces itself, between decode and pasting back into the original.
                 base = _base_pass(plan, batch)
                 images = img2img_pass(models, plan, batch, noise, base, progress("base"), output)
             else:
-                # 1–2. Base pass from noise, then hires fix; 3. decode.
+                # 1–2. Base pass from noise, then hires fix; 3. decode; 4. face restoration (A1111 restores
+                # each decoded image before the scripts' postprocess_image).
                 latents, pipe = _txt2img(plan, models, batch, noise, progress, output)
-                images = pipe.decode_to_images(latents)
+                images = restore_decoded(
+                    pipe.decode_to_images(latents), models.restorer, plan.face_restoration,
+                    noise.seeds, batch.start, output,
+                )
 
-        # 4. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
+        # 5. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
         output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output)
     return output
 

@@ -19,6 +19,7 @@ from engine.imaging.inpaint import (
 )
 from engine.passes import InitLatents, PassRequest, run_pass
 from engine.plan import GenerationPlan, InitPlan, NoiseSpec
+from engine.restore.step import restore_decoded
 from engine.sampling.noise import ImageNoise
 
 
@@ -37,7 +38,8 @@ def img2img_pass(
     models, plan: GenerationPlan, batch: slice, noise: NoiseSpec, base: PassRequest, on_step, output
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
-    original back outside the mask), decode and paste back. Counts the pass into `output`; returns the images."""
+    original back outside the mask), decode, restore faces and paste back. Counts the pass into `output`;
+    returns the images."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -62,6 +64,8 @@ def img2img_pass(
     result = run_pass(pipe, request, noise, init_latents, on_step, models.embeddings, models.control)
     output.add(result)
     images = pipe.decode_to_images(result.latents)
+    # A1111 restores faces on the decoded image, before the overlay puts the original back outside the mask.
+    images = restore_decoded(images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images

@@ -72,6 +72,15 @@ class InitPlan:
 
 
 @dataclass(frozen=True)
+class FaceRestorationPlan:
+    """Restore the faces of each decoded image (A1111 `restore_faces` with `face_restoration_model`)."""
+
+    model: str  # a restorer name: "CodeFormer" or "GFPGAN"
+    weight: float  # CodeFormer's fidelity (A1111 `code_former_weight`): 0 strongest, 1 closest to the input
+    field: str = "face_restoration_model"  # where the model name came from, for errors
+
+
+@dataclass(frozen=True)
 class DetailerPlan:
     """One ADetailer unit, in diffusers' terms: detect → masks → inpaint each mask (only masked or whole)."""
 
@@ -92,6 +101,7 @@ class DetailerPlan:
     noise_multiplier: float = 1.0
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
+    face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,7 @@ class GenerationPlan:
     control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
     vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
     detailers: tuple[DetailerPlan, ...] = ()
+    face_restoration: FaceRestorationPlan | None = None  # after each image is decoded, before ADetailer
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()
     warnings: tuple[str, ...] = field(default=())

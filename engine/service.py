@@ -26,6 +26,7 @@ from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, res
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
+from engine.restore.registry import FaceRestorers
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
@@ -48,6 +49,7 @@ class GenerationResult:
     parameters: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     unet_calls: int = 0
+    restorer_calls: int = 0  # face restoration network calls (one per restored face)
     # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
     detected_maps: list[Image.Image] = field(default_factory=list)
 
@@ -89,6 +91,7 @@ class Engine:
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device))
+        self.restorers = FaceRestorers(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.control_models = ControlModels(
@@ -185,6 +188,7 @@ class Engine:
             ],
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
+            restorer_calls=output.restorer_calls,
         )
 
     def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
@@ -207,6 +211,10 @@ class Engine:
             else None
             for unit in plan.detailers
         ]
+        # Face restorers by name (the files are checked now, loaded under the generation lock).
+        for restoration in (plan.face_restoration, *(unit.face_restoration for unit in plan.detailers)):
+            if restoration is not None:
+                self.restorers.resolve(restoration.model, restoration.field)
         return resolved
 
     def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any], vae) -> Models:
@@ -220,12 +228,21 @@ class Engine:
             upscaler=resolved["upscaler"],
             embeddings=self.embeddings,
             detailers=tuple(
-                (unit, self._pipelines.get(unit_entry) if unit_entry else base, self.detectors.get(path))
+                (
+                    unit,
+                    self._pipelines.get(unit_entry) if unit_entry else base,
+                    self.detectors.get(path),
+                    self._restorer(unit.face_restoration),
+                )
                 for unit, unit_entry, path in zip(
                     plan.detailers, resolved["detailer_entries"], resolved["detectors"], strict=True
                 )
             ),
+            restorer=self._restorer(plan.face_restoration),
         )
+
+    def _restorer(self, restoration):
+        return None if restoration is None else self.restorers.get(restoration.model, restoration.field)
 
     def warm_up(self) -> None:
         """Load the default checkpoint (and any `PRELOAD` ones) now rather than on the first request."""
@@ -283,6 +300,7 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         clip_skip=plan.prompt_options.clip_skip,
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
+        face_restoration=plan.face_restoration.model if plan.face_restoration else None,
         extra=extra,
         **vae_infotext_fields(vae),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.control.demo import write_tiny_control_models
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
+from engine.restore.demo import write_tiny_face_restorers
 from engine.upscale.demo import write_tiny_esrgan
 
 
@@ -26,6 +27,7 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     write_tiny_esrgan,
     write_tiny_yolo,
     write_tiny_control_models,
+    write_tiny_face_restorers,
 )
 
 

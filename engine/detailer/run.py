@@ -12,6 +12,7 @@ from engine.imaging.inpaint import latent_mask, prepare_inpaint
 from engine.passes import InitLatents, PassRequest, run_pass
 from engine.plan import DetailerPlan, NoiseSpec
 from engine.prompts.options import PassShape, PromptOptions
+from engine.restore.step import restore_decoded
 
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ def detail_image(
     target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
-    `postprocess_image` with chained `process_images`). `units` pairs each DetailerPlan with its
-    (pipeline, detector); every pass is counted into `output` (a GenerationOutput)."""
+    `postprocess_image` with chained `process_images`). `units` holds each DetailerPlan with its
+    (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput)."""
     image = target.image
-    for unit, pipe, detector in units:
+    for unit, pipe, detector, restorer in units:
         found = detector.detect(image, unit.confidence)
         masks = prepare_masks(found, unit.mask_options)
         if not masks:
@@ -53,14 +54,15 @@ def detail_image(
             seed,
             subseed,
         ):
-            context = (target, prompt_options, on_step, embeddings, output)
+            context = (target, prompt_options, on_step, embeddings, output, restorer)
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
 
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
-    """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j."""
-    target, prompt_options, on_step, embeddings, output = context
+    """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j; with
+    `ad_restore_face`, the inpainted crop's faces are restored before it is pasted back (A1111's order)."""
+    target, prompt_options, on_step, embeddings, output, restorer = context
     width, height = unit.size
     region = prepare_inpaint(
         image,
@@ -97,5 +99,6 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
     result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings)
     output.add(result)
-    decoded = pipe.decode_to_images(result.latents)[0]
+    decoded = pipe.decode_to_images(result.latents)
+    (decoded,) = restore_decoded(decoded, restorer, unit.face_restoration, [mask_prompt.seed], target.index, output)
     return region.paste_back(decoded)

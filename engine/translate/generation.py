@@ -22,6 +22,7 @@ from engine.translate.common import (
     take_extra_networks,
 )
 from engine.translate.detailer import detailer_plans
+from engine.translate.faces import face_restoration_plan
 from engine.wire.txt2img import GenerationRequest
 
 
@@ -71,6 +72,7 @@ def plan_generation(
         loras=tuple(lora_requests(networks)),
         control_units=parse_controlnet_args(request.alwayson_scripts),
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        face_restoration=face_restoration_plan(request.restore_faces, options),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
         infotext_extra=tuple(adetailer.infotext_params().items()),
         warnings=tuple(request_warnings(request)),
