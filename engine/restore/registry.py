@@ -126,11 +126,13 @@ class FaceRestorers:
             model = RESTORER_MODELS[name]
             folder = self.catalog.root / self._folder(model.kind)
             raise NotFoundError(field, f"face restorer {name!r} needs its weights ({model.download_name}) in "
-                                       f"{folder}; installed: {choices(self.installed())}")
+                                       f"{folder} (`python download_models.py --only {name.lower()}`); "
+                                       f"installed: {choices(self.installed())}")
         helper_files = self._face_model_files() or self._rescanned(name, lambda _: self._face_model_files())
         if helper_files is None:
             raise NotFoundError(field, f"face restoration needs {_helper_file_names()} in "
-                                       f"{self.catalog.root / self._folder(FACE_MODELS_KIND)}")
+                                       f"{self.catalog.root / self._folder(FACE_MODELS_KIND)} "
+                                       f"(`python download_models.py --only face-restoration`)")
         return weights, helper_files
 
     def installed(self) -> list[str]:
