@@ -14,6 +14,7 @@ downloads them from (`--only face-restoration`; CodeFormer's weights are for non
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -25,6 +26,9 @@ from pathlib import Path
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 STAGING_DIR = ".downloads"
+# `python -m engine demo-models` lists the random-weight files it wrote here (engine/demo/models.py):
+# such a file is never taken for the real one, whatever its name.
+DEMO_MARKER = ".demo-files.json"
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 # The maintained copy of runwayml/stable-diffusion-v1-5 (taken down in 2024), same files.
@@ -200,13 +204,35 @@ def fetch_from_hub(item: Item, staging: Path) -> Path:
 
 
 def status(item: Item, root: Path) -> str:
-    """"present" (complete), "incomplete" (a file of the wrong size) or "missing"."""
+    """"present" (complete), "demo" (a random-weight demo file), "incomplete" (the wrong size or checksum)
+    or "missing". A file whose size is not in the manifest is checked by its sha256, where that is known."""
     path = root / item.dest
     if not path.is_file():
         return "missing"
+    if item.dest in demo_files(root):
+        return "demo"
     if item.size is not None and path.stat().st_size != item.size:
         return "incomplete"
+    if item.size is None and item.sha256 is not None and sha256_of(path) != item.sha256:
+        return "incomplete"
     return "present"
+
+
+def demo_files(root: Path) -> set[str]:
+    """The demo files in the models folder, relative to it (empty when demo-models never wrote there)."""
+    marker = root / DEMO_MARKER
+    if not marker.is_file():
+        return set()
+    return set(json.loads(marker.read_text()))
+
+
+def forget_demo_file(root: Path, dest: str) -> None:
+    """A real file replaced the demo one at `dest`: it is no longer listed as a demo file."""
+    remaining = demo_files(root) - {dest}
+    if remaining:
+        (root / DEMO_MARKER).write_text(json.dumps(sorted(remaining), indent=1))
+    else:
+        (root / DEMO_MARKER).unlink(missing_ok=True)
 
 
 def select(items: Sequence[Item], only: str | None) -> list[Item]:
@@ -278,6 +304,7 @@ def install(item: Item, root: Path, fetch: Fetch) -> Path:
     dest = root / item.dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, dest)
+    forget_demo_file(root, item.dest)
     return dest
 
 

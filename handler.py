@@ -18,7 +18,9 @@ from typing import Any
 
 from engine import Engine, Settings
 from engine.errors import EngineError
+from engine.logs import setup_logging
 from engine.wire.envelope import parse_job_input
+from engine.wire.routes import ENVELOPE_FIELDS, route
 from engine.wire.routes import warm_up as warm_up_engine
 
 
@@ -76,6 +78,7 @@ def serve_job(
     job_id = str(job.get("id", "local")) if isinstance(job, dict) else "local"
     try:
         call = parse_job_input(job.get("input") if isinstance(job, dict) else None)
+        route(call.method, call.endpoint, ENVELOPE_FIELDS)  # a wrong endpoint is named as the envelope has it
         on_progress = _Throttled(job, report_progress) if report_progress else None
         output = engine.handle(call.method, call.endpoint, call.payload, on_progress)
         if upload is not None:
@@ -184,6 +187,10 @@ def runpod_hooks(env: Mapping[str, str]) -> dict[str, Any]:
         from runpod.serverless import progress_update
 
         hooks["report_progress"] = progress_update
+    else:
+        # The SDK's local modes (--test_input, test_input.json, --rp_serve_api) have no status to update:
+        # the progress goes to the log, so a long local job does not look hung.
+        hooks["report_progress"] = log_progress
     if env.get("BUCKET_ENDPOINT_URL"):
         missing = [key for key in ("BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY") if not env.get(key)]
         if missing:
@@ -193,6 +200,19 @@ def runpod_hooks(env: Mapping[str, str]) -> dict[str, Any]:
 
         hooks["upload"] = lambda job_id, path: rp_upload.upload_image(job_id, str(path))
     return hooks
+
+
+def log_progress(job: dict[str, Any], update: dict[str, Any]) -> None:
+    """`report_progress` for local runs: one log line per throttled update."""
+    logger.info(
+        "job %s: %s pass, batch %d/%d, step %d/%s",
+        job.get("id", "local"),
+        update["stage"],
+        update["batch"],
+        update["batches"],
+        update["step"],
+        update["steps"] if update["steps"] is not None else "?",
+    )
 
 
 def warm_up() -> None:
@@ -205,7 +225,7 @@ def warm_up() -> None:
 if __name__ == "__main__":
     import runpod
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     runpod_hooks(os.environ)  # a bucket without credentials fails here, before any job
     warm_up()
     runpod.serverless.start({"handler": handler})

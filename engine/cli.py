@@ -1,13 +1,15 @@
 """The local door: generate from a payload file, serve the A1111 HTTP API, list models, write demo models."""
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from engine.errors import EngineError
+from engine.errors import EngineError, RequestError
+from engine.logs import setup_logging
 from engine.settings import Settings
 
 
@@ -21,16 +23,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="run a payload file (RunPod envelope or bare txt2img)")
+    generate = commands.add_parser(
+        "generate",
+        help="run a payload file (RunPod job or envelope, bare txt2img payload, or a doc with a ```json block)",
+    )
     generate.add_argument("payload", type=Path)
     generate.add_argument(
         "--out", type=Path, default=Path("outputs"), help="output folder (default: ./outputs)"
+    )
+    generate.add_argument(
+        "--image",
+        type=Path,
+        help="use this image file wherever the payload has a placeholder instead of a base64 image",
+    )
+    generate.add_argument(
+        "--checkpoint", help="run on this checkpoint instead of the one the payload names (sd_model_checkpoint)"
     )
 
     serve = commands.add_parser("serve", help="serve A1111's /sdapi/v1 HTTP API (FastAPI + uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860, A1111's)")
     serve.add_argument("--no-warm-up", action="store_true", help="load models on first use, not at start")
+
+    save = commands.add_parser(
+        "save-images", help="write the images of a saved response (A1111 body or RunPod output) to files"
+    )
+    save.add_argument("response", type=Path)
+    save.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: ./outputs)")
 
     commands.add_parser("models", help="list what the models folder holds")
 
@@ -40,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("dest", type=Path, nargs="?", help="folder to write (default: the models folder)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("models_dir", args.models), ("device", args.device)) if value}
     settings = Settings.from_env(os.environ, **overrides)
     try:
@@ -53,51 +70,88 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
     from engine import Engine
-    from engine.imaging.png import png_bytes
-    from engine.wire.envelope import TXT2IMG, parse_job_input
+    from engine.payload_files import fill_placeholder_images, read_job_input, use_checkpoint
+    from engine.wire.envelope import parse_job_input
 
-    call = parse_job_input(_read_input(args.payload))
+    job_input = read_job_input(args.payload)
+    if args.checkpoint:
+        job_input = use_checkpoint(job_input, args.checkpoint)
+    if args.image:
+        job_input, replaced = fill_placeholder_images(job_input, args.image)
+        logger.info("used %s for %d placeholder image(s)", args.image, replaced)
+    call = parse_job_input(job_input)
     engine = Engine(settings)
-    if call.endpoint != TXT2IMG:
+    generation = GENERATIONS.get(call.endpoint)
+    if generation is None:
         print(json.dumps(engine.handle(call.method, call.endpoint, call.payload), indent=2))  # noqa: T201
         return 0
-    bars: dict[int, tqdm] = {}
-
-    def on_progress(progress) -> None:
-        # One bar per batch, opened on its first step so a rejected request prints no empty bar.
-        bar = bars.get(progress.iteration)
-        if bar is None:
-            bar = bars[progress.iteration] = tqdm(
-                total=progress.total,
-                unit="step",
-                desc=f"batch {progress.iteration + 1}/{progress.iterations}",
-            )
-        bar.update(progress.call + 1 - bar.n)
-
-    try:
-        result = engine.txt2img(call.payload, on_progress=on_progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
-    args.out.mkdir(parents=True, exist_ok=True)
+    with _progress_bars() as on_progress:
+        result = getattr(engine, generation)(call.payload, on_progress=on_progress)
     stamp = json.loads(result.info)["job_timestamp"]
-    for index, (image, text) in enumerate(zip(result.images, result.infotexts, strict=True)):
-        path = args.out / f"{stamp}-{index:02d}.png"
-        path.write_bytes(png_bytes(image, text))
-        logger.info("wrote %s", path)
+    _write_images(args.out, stamp, result.images, result.infotexts)
     info_path = args.out / f"{stamp}-info.json"
     info_path.write_text(json.dumps({**json.loads(result.info), "warnings": result.warnings}, indent=2))
     logger.info("wrote %s", info_path)
     return 0
 
 
-def _read_input(path: Path):
-    """A payload file holds the RunPod job (`{"input": …}`) or just its input."""
-    data = json.loads(path.read_text())
-    return data["input"] if isinstance(data, dict) and "input" in data else data
+# Endpoints `generate` runs with images written to files (others print their JSON body).
+GENERATIONS = {"sdapi/v1/txt2img": "txt2img", "sdapi/v1/img2img": "img2img"}
+
+
+@contextlib.contextmanager
+def _progress_bars():
+    """Yields an `on_progress` that draws one tqdm bar per batch, opened on its first step (a rejected request
+    prints no empty bar); log lines (a checkpoint loading, a hash computed) print above the bars."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bars: dict[int, tqdm] = {}
+
+    def on_progress(progress) -> None:
+        bar = bars.get(progress.iteration)
+        if bar is None:
+            description = f"batch {progress.iteration + 1}/{progress.iterations}"
+            bar = bars[progress.iteration] = tqdm(total=progress.total, unit="step", desc=description)
+        bar.update(progress.call + 1 - bar.n)
+
+    try:
+        with logging_redirect_tqdm():
+            yield on_progress
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _write_images(folder: Path, stem: str, images, infotexts) -> None:
+    from engine.imaging.png import png_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (image, text) in enumerate(zip(images, infotexts, strict=True)):
+        path = folder / f"{stem}-{index:02d}.png"
+        path.write_bytes(png_bytes(image, text))
+        logger.info("wrote %s", path)
+
+
+def run_save_images(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the images of a saved response (A1111 body, RunPod `{"output": …}`, or a RunPod status)."""
+    import base64
+
+    body = json.loads(args.response.read_text())
+    while isinstance(body, dict) and isinstance(body.get("output"), dict):
+        body = body["output"]
+    images = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(images, list) or not images:
+        if isinstance(body, dict) and body.get("error"):
+            raise RequestError(str(args.response), f"holds an error, not images: {body['error']}")
+        raise RequestError(str(args.response), 'has no "images" list')
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, text in enumerate(images):
+        path = args.out / f"{args.response.stem}-{index:02d}.png"
+        path.write_bytes(base64.b64decode(text.partition(",")[2] if text.startswith("data:") else text))
+        logger.info("wrote %s", path)
+    return 0
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,6 +187,7 @@ def run_demo_models(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {
     "generate": run_generate,
+    "save-images": run_save_images,
     "serve": run_serve,
     "models": run_models,
     "demo-models": run_demo_models,

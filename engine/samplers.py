@@ -214,7 +214,9 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None, *, field: s
         base, suffix_schedule = _split_schedule_suffix(requested, schedules)
         row = samplers.get(base.casefold()) if suffix_schedule else None
         if row is None:
-            valid = [name for definition in SAMPLERS for name in (definition.name, *definition.aliases)]
+            # Only what this worker runs: a sampler listed here must not then be refused as unsupported.
+            valid = [name for definition in SAMPLERS if not definition.unsupported
+                     for name in (definition.name, *definition.aliases)]
             raise NotFoundError(field, f"unknown sampler {sampler_name!r}; valid: {choices(valid)}")
         if schedule.name not in (AUTOMATIC, suffix_schedule.name):
             logger.warning("%s %r names schedule %s; ignoring %s=%r as A1111 does", field, sampler_name,

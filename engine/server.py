@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import EngineError, NotFoundError, RequestError
-from engine.wire.routes import GENERATION_REQUESTS, ROUTES, JobInterrupted, route
+from engine.wire.routes import GENERATION_REQUESTS, HTTP_FIELDS, ROUTES, JobInterrupted, route
 
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def create_app(engine) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def unknown_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Unknown paths and wrong methods: the RunPod door's one-line message, listing what is served.
+        # Unknown paths and wrong methods: a one-line message naming the path or method, listing what is served.
         try:
-            route(request.method, request.url.path)
+            route(request.method, request.url.path, HTTP_FIELDS)
         except EngineError as error:
             return error_response(error, exc.status_code)
         return error_response(exc, exc.status_code, detail=str(exc.detail))

@@ -6,14 +6,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def own_models_dir() -> Path:
+    """The worker's own models folder: `models/` beside `engine/` in a source checkout (the RunPod layout, an
+    editable install); for an installed package, which has no such folder, `models/` in the current folder."""
+    if (SOURCE_ROOT / "handler.py").is_file():
+        return SOURCE_ROOT / "models"
+    return Path.cwd() / "models"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about the worker. Build with `Settings.from_env()` or directly in tests."""
 
-    models_dir: Path = REPO_ROOT / "models"
+    models_dir: Path = field(default_factory=own_models_dir)
     # Architecture configs and tokenizers (diffusers folders without weights), one per model family.
     configs_dir: Path | None = None
     default_checkpoint: str | None = None
@@ -34,7 +42,7 @@ class Settings:
     def config_roots(self) -> tuple[Path, ...]:
         """Where architecture configs are looked for: `CONFIGS_DIR`, the models folder's `configs/`, and the
         worker's own `models/configs` (an A1111 folder on a network volume has none of its own)."""
-        candidates = (self.configs_dir, self.models_dir / "configs", REPO_ROOT / "models" / "configs")
+        candidates = (self.configs_dir, self.models_dir / "configs", own_models_dir() / "configs")
         return tuple(dict.fromkeys(path for path in candidates if path is not None))
 
     @classmethod

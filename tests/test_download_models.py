@@ -285,6 +285,36 @@ def test_hub_fetch_downloads_into_staging_with_the_token(monkeypatch, tmp_path):
                     "local_dir": tmp_path, "token": "hf_test"}
 
 
+def test_demo_files_are_never_taken_for_real_ones(tmp_path, capsys):
+    """After `demo-models`, a real download replaces the random-weight file of the same name."""
+    from engine.demo.models import DEMO_MARKER, write_demo_models
+
+    assert DEMO_MARKER == dm.DEMO_MARKER
+    write_demo_models(tmp_path)
+    glintr = next(item for item in dm.MANIFEST if item.name == "antelopev2-recognition")
+    assert (tmp_path / glintr.dest).is_file()  # the demo wrote a file of that name
+    assert dm.status(glintr, tmp_path) == "demo"
+    assert run(tmp_path, "--list", fetch=no_network) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert " demo " in rows["antelopev2-recognition"] and " demo " in rows["face_yolov8n"]
+
+    # A real download of one item puts it in place and it is a demo file no more; the others stay listed.
+    real = dataclasses.replace(small_item("glintr"), dest=glintr.dest)
+    assert run(tmp_path, "--only", "glintr", manifest=[real]) == 0
+    assert dm.status(real, tmp_path) == "present"
+    assert glintr.dest not in dm.demo_files(tmp_path) and "adetailer/face_yolov8n.pt" in dm.demo_files(tmp_path)
+
+
+def test_a_file_of_unknown_size_is_checked_by_its_checksum(tmp_path):
+    item = dataclasses.replace(small_item("alpha"), size=None)
+    path = tmp_path / item.dest
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"some other file of the same name")
+    assert dm.status(item, tmp_path) == "incomplete"
+    path.write_bytes(content_of(item.repo_id, item.filename))
+    assert dm.status(item, tmp_path) == "present"
+
+
 def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
     from engine.resources.catalog import ModelCatalog
     from engine.restore.registry import FaceRestorers

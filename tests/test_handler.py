@@ -61,8 +61,8 @@ def test_bare_payload_and_same_seed_same_pixels(run):
         (envelope({**SMALL, "batch_size": 99}), "batch_size"),
         (envelope({**SMALL, "sampler_name": "Euler z"}), "sampler_name"),
         (envelope({**SMALL, "override_settings": {"sd_model_checkpoint": "nope"}}), "sd_model_checkpoint"),
-        (envelope(SMALL, endpoint="/sdapi/v1/unknown"), "api.endpoint"),
-        (envelope(SMALL, method="GET"), "api.method"),
+        (envelope(SMALL, endpoint="/sdapi/v1/unknown"), "input.api.endpoint"),
+        (envelope(SMALL, method="GET"), "input.api.method"),
         (
             envelope({**SMALL, "alwayson_scripts": {"ADetailer": {"args": [True, False, {"ad_x": 1}]}}}),
             "alwayson_scripts.ADetailer",

@@ -73,11 +73,11 @@ def test_every_route_has_an_implementation():
 def test_unknown_endpoint_and_wrong_method_are_one_line_errors():
     with pytest.raises(
         NotFoundError,
-        match=r"^api\.endpoint: /sdapi/v1/skip is not supported; supported: .*"
+        match=r"^endpoint: /sdapi/v1/hypernetworks is not supported; supported: .*"
         r"POST /sdapi/v1/txt2img",
     ):
-        route("POST", "/sdapi/v1/skip")
-    with pytest.raises(RequestError, match="accepts POST, got 'GET'"):
+        route("POST", "/sdapi/v1/hypernetworks")
+    with pytest.raises(RequestError, match="^method: /sdapi/v1/txt2img accepts POST, got 'GET'"):
         route("GET", "sdapi/v1/txt2img")
 
 

@@ -3,6 +3,7 @@ for a fresh worker after a device failure (checked against the SDK's own job run
 
 import asyncio
 import io
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -83,7 +84,7 @@ def test_device_failures_ask_runpod_for_a_fresh_worker(monkeypatch, failure, dev
 def test_hooks_follow_the_environment():
     from runpod.serverless import progress_update
 
-    assert handler.runpod_hooks({}) == {}
+    assert handler.runpod_hooks({}) == {"report_progress": handler.log_progress}  # local modes: to the log
     assert handler.runpod_hooks({"RUNPOD_WEBHOOK_POST_OUTPUT": "https://api.runpod.ai/x"}) == {
         "report_progress": progress_update
     }
@@ -96,4 +97,13 @@ def test_hooks_follow_the_environment():
             "BUCKET_SECRET_ACCESS_KEY": "k",
         }
     )
-    assert set(hooks) == {"upload"}
+    assert set(hooks) == {"upload", "report_progress"}
+
+
+def test_local_runs_log_their_progress(demo_models, monkeypatch, caplog):
+    """`python handler.py --test_input …` runs with the local hooks: progress shows in the log."""
+    engine = Engine.from_models_dir(demo_models, device="cpu", default_checkpoint="tiny-sd15")
+    with caplog.at_level(logging.INFO, logger="handler"):
+        output = handler.serve_job(job(SMALL), engine, **handler.runpod_hooks({}))
+    assert "images" in output
+    assert any("base pass, batch 1/1, step 1/" in record.getMessage() for record in caplog.records)

@@ -132,6 +132,8 @@ def test_unknown_sampler_lists_the_valid_names(name):
     assert repr(name) in message
     for valid in ("'DPM++ 2M'", "'Euler a'", "'k_euler_a'", "'UniPC'"):
         assert valid in message
+    # Only samplers this worker runs are offered: one it would then refuse is not among them.
+    assert "CFG++" not in message and "cfgpp" not in message
 
 
 def test_unknown_schedule_lists_the_valid_names():

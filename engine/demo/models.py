@@ -5,6 +5,7 @@ whole product runs on the real formats and code paths with no download.
 """
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,9 +32,23 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
 )
 
 
+# Lists every file the demo wrote, relative to the models folder, so that `download_models.py` never takes a
+# random-weight file for the real one of the same name (it replaces them).
+DEMO_MARKER = ".demo-files.json"
+
+
 def write_demo_models(models_dir: Path) -> list[Path]:
     """Write every tiny demo model into `models_dir`; returns the files and folders written."""
     written: list[Path] = []
     for write in DEMO_WRITERS:
         written.extend(write(models_dir))
+    _record_demo_files(models_dir, written)
     return written
+
+
+def _record_demo_files(models_dir: Path, written: list[Path]) -> None:
+    files = {file for path in written for file in ([path] if path.is_file() else path.rglob("*")) if file.is_file()}
+    marker = models_dir / DEMO_MARKER
+    listed = set(json.loads(marker.read_text())) if marker.is_file() else set()
+    listed |= {file.relative_to(models_dir).as_posix() for file in files}
+    marker.write_text(json.dumps(sorted(listed), indent=1))

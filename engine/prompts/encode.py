@@ -195,8 +195,11 @@ class PromptEncoder:
         """Tokenise each parsed fragment on its own (BPE never merges across a weight change), as A1111."""
         fragments = self.parse(prompt) if self.emphasis != "None" else [[prompt, 1.0]]
         texts = [text for text, weight in fragments if not (text == BREAK and weight == -1)]
+        # Longer than 77 tokens is expected (A1111 chunks them): verbose=False keeps transformers from warning.
         ids = iter(
-            slot.tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
+            slot.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            if texts
+            else []
         )
         return [
             (BREAK, -1) if text == BREAK and weight == -1 else (next(ids), weight)

@@ -68,16 +68,30 @@ class JobInterrupted(EngineError):
     """The running job was stopped by `POST /sdapi/v1/interrupt`."""
 
 
-def route(method: str, endpoint: str) -> str:
+@dataclass(frozen=True)
+class RouteFields:
+    """What the door calls the method and the endpoint, so a routing error names what the client sent."""
+
+    method: str
+    endpoint: str
+
+
+# The library names them as its arguments; the RunPod envelope and HTTP doors as their clients write them.
+LIBRARY_FIELDS = RouteFields("method", "endpoint")
+ENVELOPE_FIELDS = RouteFields("input.api.method", "input.api.endpoint")
+HTTP_FIELDS = RouteFields("method", "path")
+
+
+def route(method: str, endpoint: str, fields: RouteFields = LIBRARY_FIELDS) -> str:
     """The handler name serving `method endpoint`, or an error listing what is served."""
     endpoint = endpoint.strip("/")
     methods = ROUTES.get(endpoint)
     if methods is None:
         raise NotFoundError(
-            "api.endpoint", f"/{endpoint} is not supported; supported: {', '.join(supported())}"
+            fields.endpoint, f"/{endpoint} is not supported; supported: {', '.join(supported())}"
         )
     if method.upper() not in methods:
-        raise RequestError("api.method", f"/{endpoint} accepts {' or '.join(methods)}, got {method!r}")
+        raise RequestError(fields.method, f"/{endpoint} accepts {' or '.join(methods)}, got {method!r}")
     return methods[method.upper()]
 
 
