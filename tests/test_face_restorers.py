@@ -110,3 +110,15 @@ def test_grey_is_not_a_face_and_restoring_no_face_returns_the_image(sd15_engine)
     result = sd15_engine.restorers.get("GFPGAN").restore_faces(image)
     assert result.faces == ()
     assert result.image.tobytes() == image.tobytes()
+
+
+def test_without_spandrel_extra_arches_codeformer_is_not_offered(sd15_engine, monkeypatch):
+    import dataclasses
+
+    from engine.restore import registry
+
+    missing = dataclasses.replace(registry.RESTORER_MODELS["CodeFormer"], package="no_such_package_here")
+    monkeypatch.setitem(registry.RESTORER_MODELS, "CodeFormer", missing)
+    assert sd15_engine.restorers.installed() == ["GFPGAN"]
+    with pytest.raises(NotFoundError, match="needs the no_such_package_here package"):
+        sd15_engine.restorers.resolve("CodeFormer")

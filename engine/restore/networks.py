@@ -35,11 +35,14 @@ _TO_RGB_64 = "stylegan_decoder.to_rgbs.3.modulated_conv.weight"
 
 
 def restorer_registry() -> spandrel.ArchRegistry:
-    """spandrel's architectures plus CodeFormer, in a registry of our own: spandrel's global one is untouched,
-    and no other extra architecture (several are under non-commercial licences) is offered."""
-    from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
-
+    """spandrel's architectures plus CodeFormer when spandrel_extra_arches is installed, in a registry of our
+    own: spandrel's global one is untouched, and no other extra architecture (several are under
+    non-commercial licences) is offered."""
     registry = spandrel.MAIN_REGISTRY.copy()
+    try:
+        from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
+    except ImportError:
+        return registry
     registry.add(spandrel.ArchSupport.from_architecture(CodeFormerArch()))
     return registry
 

@@ -5,6 +5,7 @@ Any feature that restores faces asks `FaceRestorers.get(name)` for a `FaceRestor
 `restore(image, weight, seed)`: txt2img/img2img's `restore_faces`, ADetailer's `ad_restore_face`, a face swapper.
 """
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class RestorerModel:
         download_name: the file A1111 downloads (preferred when several are present).
         name_filter: only files whose name contains this count (A1111's GFPGAN folder also holds facexlib's).
         call: how A1111 calls the network on one face: (net, face, weight) → restored face.
+        package: the package providing the architecture, when spandrel itself does not.
     """
 
     kind: str
@@ -45,6 +47,11 @@ class RestorerModel:
     download_name: str
     name_filter: str
     call: Callable[[Any, torch.Tensor, float], torch.Tensor]
+    package: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.package is None or importlib.util.find_spec(self.package) is not None
 
 
 # A1111 v1.10 `codeformer_model.py` / `gfpgan_model.py`, in the order A1111 registers them. CodeFormer takes the
@@ -53,6 +60,7 @@ RESTORER_MODELS: dict[str, RestorerModel] = {
     "CodeFormer": RestorerModel(
         "codeformer", "CodeFormer", "codeformer-v0.1.0.pth", "",
         lambda net, face, weight: net(face, weight=weight, adain=True)[0],
+        package="spandrel_extra_arches",  # its CodeFormer code is under the non-commercial S-Lab License
     ),
     "GFPGAN": RestorerModel(
         "gfpgan", "GFPGAN", "GFPGANv1.4.pth", "GFPGAN",
@@ -121,6 +129,9 @@ class FaceRestorers:
         """
         if name not in RESTORER_MODELS:
             raise NotFoundError(field, f"no face restorer named {name!r}; installed: {choices(self.installed())}")
+        if not RESTORER_MODELS[name].available:
+            raise NotFoundError(field, f"face restorer {name!r} needs the {RESTORER_MODELS[name].package} package, "
+                                       f"which is not installed; installed: {choices(self.installed())}")
         weights = self._weights(name) or self._rescanned(name, self._weights)
         if weights is None:
             model = RESTORER_MODELS[name]
@@ -139,7 +150,8 @@ class FaceRestorers:
         """Restorers whose weights and the face detection/parsing weights are all present, in A1111's order."""
         if self._face_model_files() is None:
             return []
-        return [name for name in RESTORER_MODELS if self._weights(name) is not None]
+        return [name for name, model in RESTORER_MODELS.items()
+                if model.available and self._weights(name) is not None]
 
     def listing(self) -> list[dict[str, Any]]:
         """`GET /sdapi/v1/face-restorers`: `{name, cmd_dir}` per installed restorer (its weights' folder)."""
