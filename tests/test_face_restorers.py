@@ -70,7 +70,7 @@ def test_a_released_size_parsenet_reads_back_facexlibs_layers():
 
 
 def test_a_file_of_another_architecture_is_refused(demo_models):
-    with pytest.raises(UnsupportedError, match="is a ESRGAN model, not CodeFormer"):
+    with pytest.raises(UnsupportedError, match="ESRGAN_4x.pth: is a ESRGAN model, not CodeFormer"):
         load_restoration_net(demo_models / "ESRGAN" / "ESRGAN_4x.pth", "CodeFormer", torch.device("cpu"))
 
 

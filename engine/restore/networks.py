@@ -8,7 +8,6 @@ loaded by spandrel's own loader.
 """
 
 import logging
-import math
 import re
 from pathlib import Path
 
@@ -59,10 +58,10 @@ def load_restoration_net(path: Path, architecture: str, device: torch.device) ->
     state_dict = spandrel.canonicalize_state_dict(loader.load_state_dict_from_file(path))
     support = next((arch for arch in registry.architectures("detection") if arch.detect(state_dict)), None)
     if support is None:
-        raise UnsupportedError("face_restoration_model", f"{path.name} is not a model spandrel knows")
+        raise UnsupportedError(str(path), "is not a model spandrel knows")
     found = support.architecture.id
     if found != architecture:
-        raise UnsupportedError("face_restoration_model", f"{path.name} is a {found} model, not {architecture}")
+        raise UnsupportedError(str(path), f"is a {found} model, not {architecture}")
     if found == "GFPGAN" and (hyperparameters := gfpgan_hyperparameters(state_dict)) != RELEASED_GFPGAN:
         descriptor = _reduced_gfpgan(state_dict, support.architecture, hyperparameters)
     else:
@@ -89,8 +88,6 @@ def _reduced_gfpgan(state_dict, architecture, hyperparameters) -> spandrel.Image
     """A width-reduced GFPGAN in spandrel's class and descriptor, with spandrel's other (fixed) settings."""
     from spandrel.architectures.GFPGAN import GFPGAN
 
-    if not math.log2(hyperparameters["out_size"]).is_integer():
-        raise UnsupportedError("face_restoration_model", "a GFPGAN whose output size is not a power of 2")
     model = GFPGAN(**hyperparameters, decoder_load_path=None, fix_decoder=False, input_is_latent=True,
                    different_w=True, sft_half=True)
     return spandrel.ImageModelDescriptor(

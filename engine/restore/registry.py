@@ -111,7 +111,7 @@ class FaceRestorers:
         self._face_models: ResidentCache[tuple[Path, Path], Any] = ResidentCache(self._load_face_models)
         self._lock = threading.Lock()  # the detector keeps per-call state: one restoration at a time
 
-    def get(self, name: str, field: str = "face_restoration_model") -> FaceRestorer:
+    def get(self, name: str, field: str = "face restorer") -> FaceRestorer:
         """The restorer A1111 calls `name`, loaded (once; kept for the next call).
 
         Raises:
@@ -121,7 +121,7 @@ class FaceRestorers:
         net = self._nets.get((name, weights))
         return FaceRestorer(name, weights, net, self._face_models.get(face_model_files), self._lock)
 
-    def resolve(self, name: str, field: str = "face_restoration_model") -> tuple[Path, tuple[Path, Path]]:
+    def resolve(self, name: str, field: str = "face restorer") -> tuple[Path, tuple[Path, Path]]:
         """The files restorer `name` needs: its weights, and the face detector's and parser's.
 
         Raises:
