@@ -34,6 +34,7 @@ HASH_CHUNK_BYTES = 8 * 1024 * 1024
 # The maintained copy of runwayml/stable-diffusion-v1-5 (taken down in 2024), same files.
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER_REPO = "stabilityai/stable-diffusion-xl-refiner-1.0"
 ADETAILER_REPO = "Bingsu/adetailer"
 ADETAILER_REVISION = "53cc19de382014514d9d4038601d261a7faa9b7b"  # the pickles re-saved without dill (2024-11)
 # The five ONNX files of insightface's antelopev2 pack, loose (insightface's own zip nests them one folder too
@@ -67,6 +68,15 @@ SDXL_CONFIG_FILES = (
     "text_encoder_2/config.json",
     *(f"tokenizer_2/{name}" for name in TOKENIZER_FILES),
 )
+# The refiner's folder (`StableDiffusionXLImg2ImgPipeline`) has no CLIP-L: OpenCLIP-G alone.
+SDXL_REFINER_CONFIG_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder_2/config.json",
+    *(f"tokenizer_2/{name}" for name in TOKENIZER_FILES),
+    "unet/config.json",
+    "vae/config.json",
+)
 
 
 class DownloadError(Exception):
@@ -96,9 +106,9 @@ def _release_item(name: str, repo: str, tag: str, file: str, dest: str, size: in
     return Item(name, "face-restoration", repo, file, dest, size, sha256, default=False, groups=groups, url=url)
 
 
-def _config_items(family: str, repo_id: str, files: Iterable[str]) -> list[Item]:
+def _config_items(family: str, repo_id: str, files: Iterable[str], default: bool = True) -> list[Item]:
     return [
-        Item(f"{family}-config/{path}", "config", repo_id, path, f"configs/{family}/{path}",
+        Item(f"{family}-config/{path}", "config", repo_id, path, f"configs/{family}/{path}", default=default,
              groups=(family, f"{family}-config", "configs"))
         for path in files
     ]
@@ -113,6 +123,12 @@ MANIFEST: tuple[Item, ...] = (
          "Stable-diffusion/sd_xl_base_1.0.safetensors", 6_938_078_334,
          "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b", groups=("sdxl",)),
     *_config_items("sdxl", SDXL_REPO, SDXL_CONFIG_FILES),
+    # The SDXL refiner (refiner_checkpoint), on request: --only sdxl_refiner.
+    Item("sdxl_refiner-checkpoint", "checkpoint", SDXL_REFINER_REPO, "sd_xl_refiner_1.0.safetensors",
+         "Stable-diffusion/sd_xl_refiner_1.0.safetensors", 6_075_981_930,
+         "7440042bbdc8a24813002c09b6b69b64dc90fded4472613437b7f55f9b7d9c5f", default=False,
+         groups=("sdxl_refiner",)),
+    *_config_items("sdxl_refiner", SDXL_REFINER_REPO, SDXL_REFINER_CONFIG_FILES, default=False),
     Item("face_yolov8n", "detector", ADETAILER_REPO, "face_yolov8n.pt", "adetailer/face_yolov8n.pt",
          6_230_011,
          "70b640f8f60b1cf0dcc72f30caf3da9495eb2fb6509da48c53374ad6806e6a9c", groups=("adetailer",),

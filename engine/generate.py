@@ -11,10 +11,13 @@ from PIL import Image
 
 from engine.detailer.run import DetailTarget, detail_image
 from engine.img2img import img2img_pass
+from engine.networks.lora import lora_hashes_infotext
+from engine.networks.session import LoraSession
 from engine.passes import InitLatents, PassRequest, run_pass
 from engine.pipeline import A1111Pipeline
 from engine.plan import GenerationPlan, NoiseSpec
 from engine.prompts.options import PassShape
+from engine.refiner import RefinerStage
 from engine.restore.step import restore_decoded
 from engine.sampling.loop import StepCallback
 from engine.upscale.latent import LatentUpscaler
@@ -42,6 +45,8 @@ class GenerationOutput:
     restorer_calls: int = 0  # face restoration network calls: one per restored face
     # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
     extra_params: dict[str, str] = field(default_factory=dict)
+    # The base and hires passes' LoRAs (A1111's `Lora hashes`: the first pass's, then hires fix's added).
+    lora_hashes: dict[str, str] = field(default_factory=dict)
 
     def add(self, result) -> None:
         """Count a pass's model calls and keep the first pass's infotext entries and every new note."""
@@ -50,6 +55,11 @@ class GenerationOutput:
             self.extra_params.setdefault(key, value)
         self.notes += [note for note in result.notes if note not in self.notes]
 
+    def infotext_params(self) -> dict[str, str]:
+        """The entries for the infotext, in A1111's order: `Lora hashes` (activation), then the passes'."""
+        hashes = {"Lora hashes": lora_hashes_infotext(self.lora_hashes)} if self.lora_hashes else {}
+        return {**hashes, **self.extra_params}
+
 
 @dataclass(frozen=True)
 class Models:
@@ -57,12 +67,24 @@ class Models:
 
     base: A1111Pipeline
     hires: A1111Pipeline | None = None  # a different checkpoint for hires fix's second pass
+    refiner: A1111Pipeline | None = None  # the refiner checkpoint (`refiner_checkpoint`)
+    refiner_title: str | None = None  # its A1111 short title, "name [hash]", for the infotext
     upscaler: object | None = None  # the resolved hires upscaler (latent or pixel)
     # One (DetailerPlan, pipeline, detector, face restorer or None) per ADetailer unit, in order.
     detailers: tuple = ()
     embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
     control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
     restorer: object | None = None  # engine.restore.registry.FaceRestorer for plan.face_restoration
+    loras: LoraSession | None = None  # the request's LoRAs, activated pass by pass; None: no LoRAs
+
+    def pipelines(self) -> list[A1111Pipeline]:
+        """Every checkpoint the request may run, each once (tiling pads all their convolutions)."""
+        found = [self.base, self.hires, self.refiner, *(detailer[1] for detailer in self.detailers)]
+        unique: dict[int, A1111Pipeline] = {}
+        for pipe in found:
+            if pipe is not None:
+                unique.setdefault(id(pipe), pipe)
+        return list(unique.values())
 
 
 @torch.no_grad()
@@ -83,7 +105,9 @@ def generate(
                 # 1. img2img / inpainting: the base pass starts from the init images; no hires fix. It restores
                 # faces itself, between decode and pasting back into the original.
                 base = _base_pass(plan, batch)
-                images = img2img_pass(models, plan, batch, noise, base, progress("base"), output)
+                _use_loras(models, models.base, plan.loras, output)
+                refiner = refiner_stage(plan, models, models.base, hires_pass=False)
+                images = img2img_pass(models, plan, batch, noise, base, progress("base"), output, refiner)
             else:
                 # 1–2. Base pass from noise, then hires fix; 3. decode; 4. face restoration (A1111 restores
                 # each decoded image before the scripts' postprocess_image).
@@ -114,17 +138,30 @@ def _base_pass(plan: GenerationPlan, batch: slice) -> PassRequest:
 
 
 def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpec, progress, output):
-    """The base pass from noise and, when asked, hires fix's second pass. Returns (latents, pipeline)."""
+    """The base pass from noise and, when asked, hires fix's second pass, each handing over to the refiner
+    where A1111 would. Returns (latents, the pipeline whose VAE decodes them)."""
     base = _base_pass(plan, batch)
-    result = run_pass(models.base, base, noise, None, progress("base"), models.embeddings, models.control)
+    _use_loras(models, models.base, plan.loras, output)
+    result = run_pass(
+        models.base,
+        base,
+        noise,
+        None,
+        progress("base"),
+        models.embeddings,
+        models.control,
+        refiner=refiner_stage(plan, models, models.base, hires_pass=False),
+    )
     output.add(result)
+    # A1111 decodes with the checkpoint loaded when the pass ends: the refiner's VAE after a switch.
+    first_pipe = models.refiner if result.refined else models.base
     if plan.hires is None:
-        return result.latents, models.base
+        return result.latents, first_pipe
 
     # Hires fix: upscale, then a second pass from the upscaled latents with fresh noise from the same seeds.
     hires = plan.hires
     pipe = models.hires or models.base
-    latents = upscale_for_hires(plan, models, result.latents, noise)
+    latents = upscale_for_hires(plan, models, result.latents, noise, decoder=first_pipe)
     width, height = hires.output_size
     second = replace(
         base,
@@ -139,11 +176,51 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
             height, width, hires.num_inference_steps, hires.sampler.choice.second_order
         ),
     )
+    # A1111 activates the networks of hr_prompt for this pass (the first pass's when hr_prompt is empty).
+    _use_loras(models, pipe, hires.loras, output)
     result = run_pass(
-        pipe, second, noise, InitLatents(latents), progress("hires"), models.embeddings, models.control
+        pipe,
+        second,
+        noise,
+        InitLatents(latents),
+        progress("hires"),
+        models.embeddings,
+        models.control,
+        refiner=refiner_stage(plan, models, pipe, hires_pass=True),
     )
     output.add(result)
-    return result.latents, pipe
+    return result.latents, models.refiner if result.refined else pipe
+
+
+def _use_loras(models: Models, pipe: A1111Pipeline, requests, output: GenerationOutput) -> None:
+    """Activate a base or hires pass's LoRAs; their hashes join the infotext's `Lora hashes`."""
+    if models.loras is None:
+        return
+    applied = models.loras.use(pipe, requests)
+    output.lora_hashes.update(applied.hashes)
+
+
+def refiner_stage(plan: GenerationPlan, models: Models, pipe: A1111Pipeline, hires_pass: bool):
+    """The refiner hand-over for a pass, or None when A1111 would not switch in it: no refiner, a pass the
+    `hires_fix_refiner_pass` option leaves out, or a pass already running on the refiner checkpoint."""
+    refiner = plan.refiner
+    if refiner is None or models.refiner is None or models.refiner.unet is pipe.unet:
+        return None
+    if not refiner.applies_to(plan.hires is not None, hires_pass):
+        return None
+    infotext = [("Refiner", models.refiner_title), ("Refiner switch at", refiner.switch_at)]
+    if plan.hires is not None and refiner.hires_passes != "second pass":
+        infotext.insert(0, ("Hires refiner", refiner.hires_passes))
+    # The refiner runs without request LoRAs (A1111's networks do not fit its layers); they leave the modules
+    # it may share with this checkpoint (OpenCLIP-G) before it encodes its prompts.
+    loras = models.loras
+    return RefinerStage(
+        models.refiner,
+        refiner.switch_at,
+        refiner.by_sampling_steps,
+        tuple(infotext),
+        before_switch=(lambda: loras.use(models.refiner, ())) if loras is not None else None,
+    )
 
 
 def _control_applied(models: Models):
@@ -163,22 +240,29 @@ def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, o
     target = DetailTarget(
         image=image,
         index=index,
-        prompt=plan.prompts[index],
+        # ADetailer reads `p.all_prompts`: the prompt as written, its `<lora:…>` tags active again inside.
+        prompt=(plan.prompts_as_written or plan.prompts)[index],
         negative_prompt=plan.negative_prompts[index],
         noise=_batch_noise(plan.noise, slice(index, index + 1)),
     )
-    return detail_image(target, models.detailers, plan.prompt_options, progress, models.embeddings, output)
+    networks = models.loras if plan.extra_networks_enabled else None
+    return detail_image(
+        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks
+    )
 
 
-def upscale_for_hires(plan: GenerationPlan, models: Models, latents: torch.Tensor, noise: NoiseSpec):
+def upscale_for_hires(
+    plan: GenerationPlan, models: Models, latents: torch.Tensor, noise: NoiseSpec, decoder=None
+):
     """A1111 `sample_hr_pass`: resize the latents (latent modes) or decode → upscale the images → encode,
-    then cut the centre when both hr_resize_x and hr_resize_y were given."""
+    then cut the centre when both hr_resize_x and hr_resize_y were given. `decoder` is the pipeline that
+    finished the first pass (the base, or the refiner), whose VAE decodes for a pixel upscaler."""
     hires = plan.hires
     upscaler = models.upscaler
     if isinstance(upscaler, LatentUpscaler):
         upscaled = upscaler.upscale_latents(latents, hires.width, hires.height)
     else:
-        images = models.base.decode_to_images(latents)
+        images = (decoder or models.base).decode_to_images(latents)
         resized = [upscaler.resize(image, hires.width, hires.height) for image in images]
         pipe = models.hires or models.base
         # A1111 samples the VAE posterior with the global CPU RNG, last seeded by the batch's last seed.

@@ -35,11 +35,19 @@ class PreparedInit:
 
 
 def img2img_pass(
-    models, plan: GenerationPlan, batch: slice, noise: NoiseSpec, base: PassRequest, on_step, output
+    models,
+    plan: GenerationPlan,
+    batch: slice,
+    noise: NoiseSpec,
+    base: PassRequest,
+    on_step,
+    output,
+    refiner=None,
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
     original back outside the mask), decode, restore faces and paste back. Counts the pass into `output`;
-    returns the images."""
+    returns the images. `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where
+    A1111 would."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -61,9 +69,11 @@ def img2img_pass(
     )
     conditioning = _image_conditioning(pipe, prepared, plan, init.mask_round, generator)
     init_latents = InitLatents(latents, repaint, conditioning)
-    result = run_pass(pipe, request, noise, init_latents, on_step, models.embeddings, models.control)
+    result = run_pass(
+        pipe, request, noise, init_latents, on_step, models.embeddings, models.control, refiner=refiner
+    )
     output.add(result)
-    images = pipe.decode_to_images(result.latents)
+    images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)
     # A1111 restores faces on the decoded image, before the overlay puts the original back outside the mask.
     images = restore_decoded(images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output)
     if prepared.regions is not None:

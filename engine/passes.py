@@ -9,6 +9,7 @@ from engine.plan import NoiseSpec, SamplerSpec
 from engine.prompts import parse_prompt_attention
 from engine.prompts.conditioning import build_conditioning
 from engine.prompts.options import PassShape, PromptOptions
+from engine.refiner import RefinerStage, SwitchingUNet
 from engine.sampling.guidance import GuidedUNet
 from engine.sampling.loop import StepCallback, denoise
 from engine.sampling.noise import ImageNoise
@@ -61,6 +62,7 @@ class PassResult:
     # What encoding the prompts reported: infotext entries (`TI hashes`, `Emphasis`) and response notes.
     extra_params: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    refined: bool = False  # the refiner finished the pass: decode with its VAE, as A1111 does
 
 
 def run_pass(
@@ -71,9 +73,11 @@ def run_pass(
     on_step: StepCallback | None = None,
     embeddings=None,
     control=None,
+    refiner: RefinerStage | None = None,
 ) -> PassResult:
     """Denoise one batch: fresh per-image noise at this pass's size (A1111 draws it anew for hires fix and
-    img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop."""
+    img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop. With a
+    `refiner` stage the loop continues on the refiner's UNet from A1111's switch point."""
     device = pipe.unet.device
     latent_shape = (
         LATENT_CHANNELS,
@@ -132,10 +136,41 @@ def run_pass(
         start = init.latents + start
         if init.repaint_mask is not None:
             sampler.denoised_filter = init.blend
-    latents = denoise(sampler, start, unet, on_step)
+    predictor = unet
+    if refiner is not None:
+        # A1111's `total_steps` for the pass: the steps it samples, doubled for second-order samplers.
+        counted = request.steps_run * (2 if request.sampler.choice.second_order else 1)
+        predictor = SwitchingUNet(
+            unet, refiner, sampler, counted, lambda: _refiner_unet(refiner.pipe, request, embeddings)
+        )
+    latents = denoise(sampler, start, predictor, on_step)
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
-    return PassResult(latents, unet.calls, conditioning.extra_generation_params, conditioning.notes)
+    extra, notes = dict(conditioning.extra_generation_params), conditioning.notes
+    if refiner is not None and refiner.by_sampling_steps:
+        # A1111 writes it at the first model call of a pass that may switch, whether it switches or not.
+        extra["Refiner switch by sampling steps"] = True
+    refined = isinstance(predictor, SwitchingUNet) and predictor.switch_call is not None
+    if refined:
+        extra.update(predictor.refined.conditioning_at.extra_generation_params)
+        extra.update((key, value) for key, value in refiner.infotext if value is not None)
+        notes += predictor.refined.conditioning_at.notes
+    return PassResult(latents, predictor.calls, extra, notes, refined=refined)
+
+
+def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> GuidedUNet:
+    """The refiner's guided UNet: the same prompts encoded by its own text encoder(s), at this pass's size
+    and step count (A1111 `setup_conds` on the refiner), with its own added conditions (aesthetic score)."""
+    conditioning = build_conditioning(
+        pipe,
+        request.prompts,
+        request.negative_prompts,
+        request.shape,
+        request.prompt_options,
+        parse=parse_prompt_attention,
+        embeddings=embeddings,
+    )
+    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning)
 
 
 def _image_conditioning(pipe: A1111Pipeline, request: PassRequest, noise: NoiseSpec, init: InitLatents | None):

@@ -8,6 +8,7 @@ from PIL import Image
 
 from engine.imaging import vae_tiling
 from engine.imaging.vae_tiling import VaeTiling
+from engine.prompts.embeddings import SDXL_KEYS
 from engine.prompts.encode import ClipSlot, Parser, PromptEncoder
 
 
@@ -16,6 +17,8 @@ INPAINTING_IN_CHANNELS = 9
 # A1111's `inpainting_mask_weight` option (default 1.0; infotext "Conditional mask weight"): how far the
 # conditioning image is masked, 1.0 = the masked area fully blanked.
 INPAINTING_MASK_WEIGHT = 1.0
+# The textual-inversion vectors OpenCLIP-G reads in an SDXL embedding file.
+CLIP_G_KEY = SDXL_KEYS[1]
 
 
 class A1111Pipeline(DiffusionPipeline):
@@ -23,14 +26,17 @@ class A1111Pipeline(DiffusionPipeline):
 
     Components:
         vae: `AutoencoderKL`; unet: `UNet2DConditionModel` (epsilon prediction);
-        text_encoder + tokenizer: CLIP-L; text_encoder_2 + tokenizer_2: OpenCLIP-G (SDXL only);
+        text_encoder + tokenizer: CLIP-L (None for the SDXL refiner);
+        text_encoder_2 + tokenizer_2: OpenCLIP-G (SDXL and its refiner only);
         scheduler: the checkpoint's scheduler, used only as the config for per-request samplers.
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
-    _optional_components = ["text_encoder_2", "tokenizer_2"]
+    _optional_components = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, text_encoder_2=None, tokenizer_2=None):
+    def __init__(
+        self, vae, unet, scheduler, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None
+    ):
         super().__init__()
         self.register_modules(
             vae=vae,
@@ -47,10 +53,18 @@ class A1111Pipeline(DiffusionPipeline):
 
     @property
     def is_sdxl(self) -> bool:
+        """SDXL's latent space and conditioning (pooled vector, size ids): the base and the refiner."""
         return self.text_encoder_2 is not None
 
     @property
+    def is_refiner(self) -> bool:
+        """stable-diffusion-xl-refiner-1.0's shape: OpenCLIP-G alone, an aesthetic score among the added ids."""
+        return self.text_encoder is None and self.text_encoder_2 is not None
+
+    @property
     def family(self) -> str:
+        if self.is_refiner:
+            return "sdxl_refiner"
         return "sdxl" if self.is_sdxl else "sd15"
 
     @property
@@ -67,7 +81,19 @@ class A1111Pipeline(DiffusionPipeline):
     def prompt_encoder(self, parse: Parser, comma_backtrack: int = 20) -> PromptEncoder:
         """The text side as A1111 runs it: SD1.5's CLIP-L honours CLIP skip; SDXL's two encoders
         both take the penultimate layer (A1111 ignores CLIP skip there) and OpenCLIP-G gives the pooled vector."""
-        if not self.is_sdxl:
+        if self.is_refiner:
+            # A1111's refiner conditioner: the same OpenCLIP-G embedder as SDXL's second one, on its own.
+            slots = [
+                ClipSlot(
+                    self.tokenizer_2,
+                    self.text_encoder_2,
+                    pad_after_eos=0,
+                    honours_clip_skip=False,
+                    pooled=True,
+                    embedding_key=CLIP_G_KEY,
+                )
+            ]
+        elif not self.is_sdxl:
             slots = [ClipSlot(self.tokenizer, self.text_encoder, pad_after_eos=None, honours_clip_skip=True)]
         else:
             slots = [
@@ -82,11 +108,14 @@ class A1111Pipeline(DiffusionPipeline):
             ]
         return PromptEncoder(slots, parse, comma_backtrack)
 
-    def sdxl_time_ids(self, height: int, width: int, batch: int) -> torch.Tensor:
-        """SDXL size conditioning as A1111 sends it: original = target = this pass's size, crop (0, 0)."""
-        ids = torch.tensor(
-            [[height, width, 0, 0, height, width]], dtype=torch.float32, device=self.unet.device
-        )
+    def sdxl_time_ids(self, height: int, width: int, batch: int, aesthetic_score: float = 6.0) -> torch.Tensor:
+        """SDXL's added conditions as A1111 sends them (`sd_models_xl.get_learned_conditioning`): original =
+        target = this pass's size, crop (0, 0); the refiner reads (original size, crop, aesthetic score)."""
+        if self.is_refiner:
+            row = [height, width, 0, 0, aesthetic_score]
+        else:
+            row = [height, width, 0, 0, height, width]
+        ids = torch.tensor([row], dtype=torch.float32, device=self.unet.device)
         return ids.repeat(batch, 1)
 
     def decode_to_images(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -41,6 +41,8 @@ class HiresPlan:
     negative_prompts: tuple[str, ...]
     sampler: SamplerSpec
     checkpoint: str | None = None  # None: the first pass's checkpoint
+    # The LoRAs A1111 activates for this pass: hr_prompt's tags (the first pass's when hr_prompt is empty).
+    loras: tuple[Any, ...] = ()
 
     @property
     def schedule_length(self) -> int:
@@ -105,6 +107,26 @@ class DetailerPlan:
 
 
 @dataclass(frozen=True)
+class RefinerPlan:
+    """A1111's refiner (`apply_refiner`): once a pass is `switch_at` of the way through, the sampler goes on
+    with another checkpoint's UNet and that checkpoint's conditioning."""
+
+    checkpoint: str
+    switch_at: float | None  # None: the refiner takes over from the first model call, as in A1111
+    # A1111 `hires_fix_refiner_pass` with hires fix: "first pass", "second pass" or "both passes".
+    hires_passes: str = "second pass"
+    # A1111 `refiner_switch_by_sample_steps`: progress counted in model calls, not read from the timestep.
+    by_sampling_steps: bool = False
+
+    def applies_to(self, hires_enabled: bool, hires_pass: bool) -> bool:
+        """Whether a pass may switch: every base pass without hires fix, else the passes the option names."""
+        if not hires_enabled:
+            return not hires_pass
+        wanted = {"first pass": (False,), "second pass": (True,), "both passes": (False, True)}
+        return hires_pass in wanted[self.hires_passes]
+
+
+@dataclass(frozen=True)
 class GenerationPlan:
     """One txt2img request. Lists hold one entry per output image (batch_size × n_iter)."""
 
@@ -123,12 +145,18 @@ class GenerationPlan:
     # `<lora:…>` and other extra-network tags, taken out of the positive prompts (A1111: from the first prompt).
     extra_networks: tuple[ExtraNetworkTag, ...] = ()
     loras: tuple[Any, ...] = ()  # engine.networks.LoraRequest, from the extra-network tags
+    # The prompts as sent, tags included: A1111's infotext and `all_prompts` keep them, and ADetailer's inner
+    # passes read them (empty: the same as `prompts`).
+    prompts_as_written: tuple[str, ...] = ()
+    extra_networks_enabled: bool = True  # False: `disable_extra_networks`, no pass activates any LoRA
     hires: HiresPlan | None = None
     init: InitPlan | None = None  # img2img
     control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
     vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
     detailers: tuple[DetailerPlan, ...] = ()
     face_restoration: FaceRestorationPlan | None = None  # after each image is decoded, before ADetailer
+    refiner: RefinerPlan | None = None
+    tiling: bool = False  # A1111 `tiling`: circular padding in every UNet and VAE convolution
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()
     warnings: tuple[str, ...] = field(default=())

@@ -14,19 +14,21 @@ from engine.control.models import ControlModels
 from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
 from engine.errors import RequestError
-from engine.generate import Models, Progress, generate
+from engine.generate import GenerationOutput, Models, Progress, generate
 from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
-from engine.networks.lora import apply_loras
+from engine.networks.session import LoraSession
 from engine.options import OptionsStore
 from engine.pipeline import INPAINTING_MASK_WEIGHT
 from engine.plan import GenerationPlan
+from engine.plan_models import load_models, resolve_models
 from engine.prompts.embeddings import EmbeddingDatabase
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
 from engine.restore.registry import FaceRestorers
+from engine.seamless import circular_padding
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
@@ -135,13 +137,12 @@ class Engine:
         self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
         entry = self.resolve_checkpoint(plan.checkpoint)
-        resolved = self._resolve(plan)
-        vae = self.vaes.resolve(plan.vae, entry)  # an unknown sd_vae fails before any work
+        resolved = resolve_models(self, plan, entry)
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
         with self._generation_lock:
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
-            models = self._models(entry, plan, resolved, vae)
+            models = load_models(self, plan, resolved)
             if plan.control_units:
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
@@ -153,18 +154,21 @@ class Engine:
                     hires_size,
                 )
                 models = replace(models, control=control)
-            # LoRA stays active for every pass of the request, text encoders included, and is fully removed after.
-            with apply_loras(models.base, self.catalog, plan.loras) as loras:
-                output = generate(plan, models, on_progress)
-        # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis.
-        extra = {**dict(plan.infotext_extra), **loras.extra_generation_params, **output.extra_params}
+            output, lora_notes = self._run(plan, models, on_progress)
+        # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis, then
+        # what sampling wrote (the refiner's keys).
+        extra = {**dict(plan.infotext_extra), **output.infotext_params()}
         if models.base.is_inpainting:
             extra["Conditional mask weight"] = INPAINTING_MASK_WEIGHT
-        fields = _infotext_fields(request, plan, entry, extra, vae)
+        fields = _infotext_fields(request, plan, entry, extra, resolved.vae)
         records = [
             infotexts.ImageRecord(prompt, negative, seed, subseed)
             for prompt, negative, seed, subseed in zip(
-                plan.prompts, plan.negative_prompts, plan.noise.seeds, plan.noise.subseeds, strict=True
+                plan.prompts_as_written or plan.prompts,
+                plan.negative_prompts,
+                plan.noise.seeds,
+                plan.noise.subseeds,
+                strict=True,
             )
         ]
         return GenerationResult(
@@ -182,7 +186,7 @@ class Engine:
             parameters=request.parameters(),
             warnings=[
                 *plan.warnings,
-                *loras.notes,
+                *lora_notes,
                 *output.notes,
                 *(models.control.notes if models.control else []),
             ],
@@ -191,58 +195,16 @@ class Engine:
             restorer_calls=output.restorer_calls,
         )
 
-    def _resolve(self, plan: GenerationPlan) -> dict[str, Any]:
-        """Every model file the plan names besides its checkpoint: hires upscaler and checkpoint, detectors."""
-        resolved: dict[str, Any] = {"upscaler": None, "hires_entry": None}
-        if plan.hires is not None:
-            resolved["upscaler"] = self.upscalers.get(plan.hires.upscaler, field="hr_upscaler")
-            if plan.hires.checkpoint:
-                resolved["hires_entry"] = self.catalog.find_checkpoint(
-                    plan.hires.checkpoint, "hr_checkpoint_name", closest=True
-                )
-        resolved["detectors"] = [
-            self.catalog.find_file("adetailer", unit.model, unit.model_field).path for unit in plan.detailers
-        ]
-        resolved["detailer_entries"] = [
-            self.catalog.find_checkpoint(
-                unit.checkpoint, unit.model_field.replace("ad_model", "ad_checkpoint"), closest=True
-            )
-            if unit.checkpoint
-            else None
-            for unit in plan.detailers
-        ]
-        # Face restorers by name (the files are checked now, loaded under the generation lock).
-        for restoration in (plan.face_restoration, *(unit.face_restoration for unit in plan.detailers)):
-            if restoration is not None:
-                self.restorers.resolve(restoration.model, restoration.field)
-        return resolved
-
-    def _models(self, entry: CheckpointEntry, plan: GenerationPlan, resolved: dict[str, Any], vae) -> Models:
-        """Load (or fetch from the resident cache) everything the plan runs on; call under the lock."""
-        # An external VAE is used through a view of the pipeline: the shared one is never changed.
-        base = self.vaes.pipeline_for(self._pipelines.get(entry), vae, entry)
-        hires_entry = resolved["hires_entry"]
-        return Models(
-            base=base,
-            hires=self._pipelines.get(hires_entry) if hires_entry and hires_entry != entry else None,
-            upscaler=resolved["upscaler"],
-            embeddings=self.embeddings,
-            detailers=tuple(
-                (
-                    unit,
-                    self._pipelines.get(unit_entry) if unit_entry else base,
-                    self.detectors.get(path),
-                    self._restorer(unit.face_restoration),
-                )
-                for unit, unit_entry, path in zip(
-                    plan.detailers, resolved["detailer_entries"], resolved["detectors"], strict=True
-                )
-            ),
-            restorer=self._restorer(plan.face_restoration),
-        )
-
-    def _restorer(self, restoration):
-        return None if restoration is None else self.restorers.get(restoration.model, restoration.field)
+    def _run(self, plan: GenerationPlan, models: Models, on_progress) -> tuple[GenerationOutput, list[str]]:
+        """Generate with the request's changes to shared modules in place, all undone afterwards even when the
+        request fails: circular padding for `tiling`, and the LoRAs each pass activates. Returns the output
+        and the LoRA notes."""
+        with circular_padding(plan.tiling, _unets_and_vaes(models)) as padding:
+            # A LoRA's own convolutions (LoCon) are padded like the layers they extend.
+            after_load = (lambda pipe: padding.cover(pipe.unet)) if padding is not None else None
+            with LoraSession(self.catalog, after_load=after_load) as loras:
+                output = generate(plan, replace(models, loras=loras), on_progress)
+        return output, loras.notes
 
     def warm_up(self) -> None:
         """Load the default checkpoint (and any `PRELOAD` ones) now rather than on the first request."""
@@ -256,6 +218,11 @@ class Engine:
             self._pipelines.get(entry)
 
     # --- models ----------------------------------------------------------------------------------------
+
+    @property
+    def pipelines(self) -> PipelineCache:
+        """The resident checkpoints (loaded on first use)."""
+        return self._pipelines
 
     def resolve_checkpoint(self, name: str | None) -> CheckpointEntry:
         if name:
@@ -284,6 +251,10 @@ class Engine:
         return pipeline
 
 
+def _unets_and_vaes(models: Models) -> list:
+    return [module for pipe in models.pipelines() for module in (pipe.unet, pipe.vae)]
+
+
 def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extra: dict, vae):
     choice = plan.sampler.choice
     return infotexts.InfotextFields(
@@ -301,6 +272,7 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
         face_restoration=plan.face_restoration.model if plan.face_restoration else None,
+        tiling=plan.tiling,
         extra=extra,
         **vae_infotext_fields(vae),
     )

@@ -6,7 +6,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -17,11 +17,17 @@ from engine.demo.models import write_demo_models
 from engine.demo.tiny import tiny_components
 
 
-PIPELINES = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+PIPELINES = {
+    "sd15": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sdxl_refiner": StableDiffusionXLImg2ImgPipeline,
+}
 MODEL_COMPONENTS = {
     "sd15": ("unet", "vae", "text_encoder"),
     "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2"),
+    "sdxl_refiner": ("unet", "vae", "text_encoder_2"),
 }
+FAMILIES = list(PIPELINES)
 # Names as they appear in real A1111 checkpoints (v1-5-pruned-emaonly, sd_xl_base_1.0), and the diffusers
 # model type its single-file loader infers from a real file of that family.
 REAL_KEYS = {
@@ -59,8 +65,25 @@ REAL_KEYS = {
         "conditioner.embedders.1.model.ln_final.weight",
         "conditioner.embedders.1.model.text_projection",
     ),
+    # sd_xl_refiner_1.0: 4 levels, attention in the middle two, OpenCLIP-G as the only embedder.
+    "sdxl_refiner": (
+        "model.diffusion_model.label_emb.0.0.weight",
+        "model.diffusion_model.input_blocks.4.1.proj_in.weight",
+        "model.diffusion_model.input_blocks.8.1.transformer_blocks.1.attn2.to_k.weight",
+        "model.diffusion_model.input_blocks.9.0.op.weight",
+        "model.diffusion_model.input_blocks.11.0.in_layers.2.weight",
+        "model.diffusion_model.middle_block.1.transformer_blocks.1.attn1.to_q.weight",
+        "model.diffusion_model.output_blocks.2.1.conv.weight",
+        "model.diffusion_model.output_blocks.5.2.conv.weight",
+        "model.diffusion_model.output_blocks.8.2.conv.weight",
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+        "first_stage_model.decoder.mid.attn_1.proj_out.weight",
+        "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias",
+        "conditioner.embedders.0.model.positional_embedding",
+        "conditioner.embedders.0.model.text_projection",
+    ),
 }
-INFERRED_MODEL_TYPE = {"sd15": "v1", "sdxl": "xl_base"}
+INFERRED_MODEL_TYPE = {"sd15": "v1", "sdxl": "xl_base", "sdxl_refiner": "xl_refiner"}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +117,7 @@ def load_pipeline(models_dir, family):
     )
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_single_file_loads_bit_identical(models_dir, offline, family):
     pipe = load_pipeline(models_dir, family)
     reference = tiny_components(family, seed=0)
@@ -104,7 +127,7 @@ def test_single_file_loads_bit_identical(models_dir, offline, family):
         assert loaded.keys() == expected.keys(), name
         differing = [key for key in expected if not torch.equal(loaded[key], expected[key])]
         assert not differing, f"{name}: {differing[:5]}"
-    if family == "sdxl":
+    if family != "sd15":
         assert torch.equal(
             pipe.text_encoder_2.text_projection.weight, reference["text_encoder_2"].text_projection.weight
         )
@@ -121,7 +144,7 @@ def test_loaded_pipeline_runs(models_dir, offline, family):
     assert np.isfinite(image).all()
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_has_real_ldm_names(models_dir, family):
     path = checkpoint_of(models_dir, family)
     state_dict = load_file(path)
@@ -155,7 +178,12 @@ def test_sdxl_open_clip_layout_fuses_qkv_and_transposes_projection(models_dir):
 
 @pytest.mark.parametrize(
     ("family", "subfolder", "pad_id"),
-    [("sd15", "tokenizer", 513), ("sdxl", "tokenizer", 513), ("sdxl", "tokenizer_2", 0)],
+    [
+        ("sd15", "tokenizer", 513),
+        ("sdxl", "tokenizer", 513),
+        ("sdxl", "tokenizer_2", 0),
+        ("sdxl_refiner", "tokenizer_2", 0),
+    ],
 )
 def test_tokenizer_is_one_token_per_character(models_dir, offline, family, subfolder, pad_id):
     tokenizer = CLIPTokenizer.from_pretrained(
@@ -169,6 +197,13 @@ def test_tokenizer_is_one_token_per_character(models_dir, offline, family, subfo
     assert encoded[: len(expected)] == expected
     assert encoded[len(expected) :] == [pad_id] * (77 - len(expected))
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (start, end, pad_id)
+
+
+def test_refiner_shares_the_base_vae_and_open_clip_g_as_the_real_one_does(models_dir):
+    base, refiner = (load_file(checkpoint_of(models_dir, family)) for family in ("sdxl", "sdxl_refiner"))
+    for key in ("first_stage_model.decoder.conv_in.weight", "conditioner.embedders.{}.model.ln_final.weight"):
+        assert torch.equal(base[key.format(1)], refiner[key.format(0)])
+    assert refiner["model.diffusion_model.label_emb.0.0.weight"].shape[1] == 5 * 8 + 48  # 5 added ids + pooled
 
 
 def test_components_are_seeded_and_leave_the_global_rng_alone():

@@ -135,7 +135,7 @@ def test_catalog_finds_what_was_downloaded(tmp_path):
     assert [entry.name for entry in catalog.entries("insightface")] == ["models/antelopev2"]
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sdxl_refiner"])
 def test_config_folders_hold_what_the_demo_config_folder_holds(family, tmp_path):
     # The demo's config folders are proven loadable by from_single_file(config=..., local_files_only=True).
     from engine.demo.tiny import tiny_components, write_config_folder
@@ -144,6 +144,17 @@ def test_config_folders_hold_what_the_demo_config_folder_holds(family, tmp_path)
     needed = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
     fetched = {item.filename for item in dm.MANIFEST if f"{family}-config" in item.groups}
     assert fetched == needed
+
+
+def test_refiner_is_fetched_on_request_into_the_a1111_layout(tmp_path):
+    hub = FakeHub()
+    assert not any(item.default for item in dm.MANIFEST if "sdxl_refiner" in item.groups)
+    assert run(tmp_path, "--only", "sdxl_refiner", fetch=hub, manifest=unverified(dm.MANIFEST)) == 0
+    refiner_config = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder_2/config.json",
+                      *(f"tokenizer_2/{name}" for name in TOKENIZER), "unet/config.json", "vae/config.json"]
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == sorted(
+        ["Stable-diffusion/sd_xl_refiner_1.0.safetensors", *(f"configs/sdxl_refiner/{f}" for f in refiner_config)]
+    )
 
 
 def test_list_shows_sizes_and_presence_without_fetching(tmp_path, capsys):

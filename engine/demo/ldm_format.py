@@ -21,6 +21,12 @@ SINGLE_FILE_PREFIXES = {
         "text_encoder": "conditioner.embedders.0.transformer.",
         "text_encoder_2": "conditioner.embedders.1.model.",
     },
+    # The SDXL refiner conditions on OpenCLIP-G alone, as its first embedder.
+    "sdxl_refiner": {
+        "unet": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "text_encoder_2": "conditioner.embedders.0.model.",
+    },
 }
 
 _UNET_TOP_LEVEL = {
@@ -144,7 +150,7 @@ def single_file_state_dict(family: str, models: Mapping[str, torch.nn.Module]) -
     """All models of a pipeline merged under the key names of a real A1111 single-file checkpoint.
 
     Args:
-        family: "sd15" or "sdxl".
+        family: "sd15", "sdxl" or "sdxl_refiner".
         models: diffusers/transformers modules by pipeline component name ("unet", "vae", "text_encoder"...).
     """
     if family not in SINGLE_FILE_PREFIXES:

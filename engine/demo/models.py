@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.control.demo import write_tiny_control_models
+from engine.demo.lora import write_tiny_lora
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
 from engine.restore.demo import write_tiny_face_restorers
@@ -20,11 +21,14 @@ from engine.upscale.demo import write_tiny_esrgan
 DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(write_tiny_checkpoint, "sd15", "tiny-sd15"),
     functools.partial(write_tiny_checkpoint, "sdxl", "tiny-sdxl"),
+    # stable-diffusion-xl-refiner-1.0's layout, sharing tiny-sdxl's VAE and OpenCLIP-G as the real one does.
+    functools.partial(write_tiny_checkpoint, "sdxl_refiner", "tiny-sdxl_refiner"),
     # Its own seed, so its weights differ from tiny-sd15's everywhere, not only in the 9-channel input. The
     # underscore sorts it after tiny-sd15, which stays the default when no checkpoint is configured.
     functools.partial(
         write_tiny_checkpoint, "sd15", "tiny-sd15_inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
     ),
+    write_tiny_lora,
     write_tiny_esrgan,
     write_tiny_yolo,
     write_tiny_control_models,

@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1.5- and SDXL-shaped models, written as real A1111 single files plus config folders.
+"""Tiny random-weight SD1.5, SDXL and SDXL-refiner models, written as real A1111 single files + config folders.
 
 The weights are random: the models produce noise. They exist so that tests, CI and a newcomer without
 weights can run the whole product on the same code path and file formats as real checkpoints.
@@ -13,30 +13,28 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
-    EulerDiscreteScheduler,
+    DiffusionPipeline,
     ModelMixin,
-    PNDMScheduler,
     SchedulerMixin,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from safetensors.torch import save_file
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    PreTrainedModel,
-)
+from transformers import CLIPTokenizer, PreTrainedModel
 
-from engine.demo.ldm_format import single_file_state_dict, vae_to_ldm
-from engine.demo.tokenizer import (
-    END_OF_TEXT,
-    MODEL_MAX_LENGTH,
-    OPEN_CLIP_PAD,
-    write_clip_tokenizer,
+from engine.demo.architectures import (
+    SCHEDULERS,
+    SHARED_WITH,
+    TEXT_ENCODERS,
+    UNET_CONFIGS,
+    VAE_CONFIG,
+    VAE_OVERRIDES,
+    clip_config,
 )
+from engine.demo.ldm_format import single_file_state_dict, vae_to_ldm
+from engine.demo.tokenizer import write_clip_tokenizer
 from engine.errors import choices
 
 
@@ -50,104 +48,7 @@ CHECKPOINT_MODE = 0o644
 # norms would still round-trip "bit-identically". A little noise on every parameter makes each tensor unique.
 PARAMETER_JITTER = 0.02
 
-# Real block structure (levels, resnets per level, where cross-attention sits), widths shrunk.
-_UNET_CONFIGS = {
-    "sd15": {
-        "block_out_channels": (32, 32, 64, 64),
-        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        "layers_per_block": 2,
-        "attention_head_dim": 8,
-        "cross_attention_dim": 32,
-        "norm_num_groups": 8,
-        "sample_size": 8,
-    },
-    "sdxl": {
-        "block_out_channels": (32, 64, 64),
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        "layers_per_block": 2,
-        "transformer_layers_per_block": (1, 2, 2),
-        "attention_head_dim": (2, 4, 4),
-        "use_linear_projection": True,
-        # The UNet attends to both encoders' hidden states side by side: 32 + 48.
-        "cross_attention_dim": 80,
-        "addition_embed_type": "text_time",
-        "addition_time_embed_dim": 8,
-        # 6 size/crop numbers x addition_time_embed_dim, plus text_encoder_2's pooled projection (48).
-        "projection_class_embeddings_input_dim": 6 * 8 + 48,
-        "norm_num_groups": 8,
-        "sample_size": 8,
-    },
-}
-_VAE_CONFIG = {
-    "block_out_channels": (8, 16, 32, 32),  # 4 levels: the latent is 1/8 of the image, as A1111 assumes
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 8,
-    "sample_size": 64,
-}
-_VAE_OVERRIDES = {
-    "sd15": {"scaling_factor": 0.18215},
-    "sdxl": {"scaling_factor": 0.13025, "force_upcast": True},
-}
-
-
-def _clip_config(width: int, hidden_act: str, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    """A CLIP text config at a tiny width whose vocabulary and special ids are the tokenizer's."""
-    # 12 layers: A1111's "CLIP skip" reaches back up to 12 layers of CLIP-L, and diffusers recognises an
-    # SDXL file by a key of OpenCLIP's 10th layer (`resblocks.9`).
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=4 * width,
-        projection_dim=width,
-        num_hidden_layers=12,
-        num_attention_heads=4,
-        max_position_embeddings=MODEL_MAX_LENGTH,
-        hidden_act=hidden_act,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-# (component, tokenizer component, model class, width, activation, pad token). SDXL's encoders must differ
-# in width: diffusers' single-file loader tells them apart by the width of their position embeddings.
-_TEXT_ENCODERS = {
-    "sd15": (("text_encoder", "tokenizer", CLIPTextModel, 32, "quick_gelu", END_OF_TEXT),),
-    "sdxl": (
-        ("text_encoder", "tokenizer", CLIPTextModel, 32, "quick_gelu", END_OF_TEXT),
-        ("text_encoder_2", "tokenizer_2", CLIPTextModelWithProjection, 48, "gelu", OPEN_CLIP_PAD),
-    ),
-}
-# As the hub's scheduler configs of runwayml/stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0.
-_SCALED_LINEAR = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-}
-_SCHEDULERS = {
-    "sd15": (
-        PNDMScheduler,
-        {**_SCALED_LINEAR, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1},
-    ),
-    "sdxl": (
-        EulerDiscreteScheduler,
-        {
-            **_SCALED_LINEAR,
-            "prediction_type": "epsilon",
-            "interpolation_type": "linear",
-            "timestep_spacing": "leading",
-            "steps_offset": 1,
-            "use_karras_sigmas": False,
-        },
-    ),
-}
-FAMILIES = tuple(_UNET_CONFIGS)
+FAMILIES = tuple(UNET_CONFIGS)
 LATENT_CHANNELS = 4
 # An inpainting UNet's input: the noisy latent, the mask and the masked image's latent (4 + 1 + 4).
 INPAINTING_IN_CHANNELS = 9
@@ -157,29 +58,34 @@ def tiny_components(family: str, seed: int = 0, in_channels: int = LATENT_CHANNE
     """Diffusers pipeline components of a tiny random-weight model, fp32, deterministic for a seed.
 
     Args:
-        family: "sd15" (StableDiffusionPipeline) or "sdxl" (StableDiffusionXLPipeline).
+        family: "sd15" (StableDiffusionPipeline), "sdxl" (StableDiffusionXLPipeline) or "sdxl_refiner"
+            (StableDiffusionXLImg2ImgPipeline without CLIP-L, as stable-diffusion-xl-refiner-1.0).
         seed: seeds the initialisation; the caller's torch RNG state is left untouched.
         in_channels: the UNet's input channels: 4, or 9 for an inpainting model.
 
     Returns:
         {"unet", "vae", "text_encoder", "tokenizer", ["text_encoder_2", "tokenizer_2",] "scheduler"}.
     """
-    if family not in _UNET_CONFIGS:
+    if family not in UNET_CONFIGS:
         raise ValueError(f"unknown model family {family!r}; valid: {choices(FAMILIES)}")
     components: dict = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        components["unet"] = UNet2DConditionModel(**_UNET_CONFIGS[family], in_channels=in_channels)
-        components["vae"] = AutoencoderKL(**_VAE_CONFIG, **_VAE_OVERRIDES[family])
-        for name, tokenizer_name, model_class, width, hidden_act, pad_token in _TEXT_ENCODERS[family]:
+        components["unet"] = UNet2DConditionModel(**UNET_CONFIGS[family], in_channels=in_channels)
+        components["vae"] = AutoencoderKL(**VAE_CONFIG, **VAE_OVERRIDES[family])
+        for name, tokenizer_name, model_class, width, hidden_act, pad_token in TEXT_ENCODERS[family]:
             tokenizer = _load_tokenizer(pad_token)
             components[tokenizer_name] = tokenizer
-            components[name] = model_class(_clip_config(width, hidden_act, tokenizer))
+            components[name] = model_class(clip_config(width, hidden_act, tokenizer))
         for model in components.values():
             if isinstance(model, torch.nn.Module):
                 _jitter_parameters(model)
                 model.eval()
-    scheduler_class, scheduler_kwargs = _SCHEDULERS[family]
+    if family in SHARED_WITH:
+        source, names = SHARED_WITH[family]
+        shared = tiny_components(source, seed)
+        components.update({name: shared[name] for name in names})
+    scheduler_class, scheduler_kwargs = SCHEDULERS[family]
     components["scheduler"] = scheduler_class(**scheduler_kwargs)
     return components
 
@@ -230,11 +136,11 @@ def write_tiny_vae(family: str, path: Path, seed: int = 1) -> AutoencoderKL:
     checkpoint's `first_stage_model.` prefix. Returns the VAE written (random weights, differing from the
     demo checkpoints' own VAE for any seed but 0).
     """
-    if family not in _VAE_OVERRIDES:
+    if family not in VAE_OVERRIDES:
         raise ValueError(f"unknown model family {family!r}; valid: {choices(FAMILIES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(**_VAE_CONFIG, **_VAE_OVERRIDES[family])
+        vae = AutoencoderKL(**VAE_CONFIG, **VAE_OVERRIDES[family])
         _jitter_parameters(vae)
     vae.eval()
     _save_atomically(vae_to_ldm(vae.state_dict(), vae.config), path)
@@ -269,8 +175,18 @@ def _jitter_parameters(model: torch.nn.Module) -> None:
         parameter.add_(torch.randn_like(parameter) * PARAMETER_JITTER)
 
 
-def _pipeline_for(components: dict) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+def _pipeline_for(components: dict) -> DiffusionPipeline:
     """A pipeline object over the components, only to write its model_index.json."""
+    if "text_encoder" not in components:
+        # The refiner's model_index.json: no CLIP-L, aesthetic-score conditioning, empty prompts encoded.
+        return StableDiffusionXLImg2ImgPipeline(
+            **components,
+            text_encoder=None,
+            tokenizer=None,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+            add_watermarker=False,
+        )
     if "text_encoder_2" in components:
         return StableDiffusionXLPipeline(
             **components,

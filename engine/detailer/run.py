@@ -9,9 +9,11 @@ from PIL import Image
 from engine.detailer.masks import prepare_masks
 from engine.detailer.prompts import inpaint_steps, mask_prompts
 from engine.imaging.inpaint import latent_mask, prepare_inpaint
+from engine.networks import lora_requests
 from engine.passes import InitLatents, PassRequest, run_pass
 from engine.plan import DetailerPlan, NoiseSpec
 from engine.prompts.options import PassShape, PromptOptions
+from engine.prompts.parser import extract_extra_networks
 from engine.restore.step import restore_decoded
 
 
@@ -30,11 +32,13 @@ class DetailTarget:
 
 
 def detail_image(
-    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output
+    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output, loras=None
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
     `postprocess_image` with chained `process_images`). `units` holds each DetailerPlan with its
-    (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput)."""
+    (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput).
+    `loras` (a `LoraSession`, None when extra networks are disabled) activates each mask prompt's `<lora:…>`
+    tags."""
     image = target.image
     for unit, pipe, detector, restorer in units:
         found = detector.detect(image, unit.confidence)
@@ -54,7 +58,7 @@ def detail_image(
             seed,
             subseed,
         ):
-            context = (target, prompt_options, on_step, embeddings, output, restorer)
+            context = (target, prompt_options, on_step, embeddings, output, loras, restorer)
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
@@ -62,7 +66,12 @@ def detail_image(
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j; with
     `ad_restore_face`, the inpainted crop's faces are restored before it is pasted back (A1111's order)."""
-    target, prompt_options, on_step, embeddings, output, restorer = context
+    target, prompt_options, on_step, embeddings, output, loras, restorer = context
+    # A1111's inner img2img activates the extra networks of its own prompt (none: every LoRA off), on the
+    # unit's checkpoint; the tags leave the text either way.
+    prompt, tags = extract_extra_networks(mask_prompt.prompt)
+    if loras is not None:
+        loras.use(pipe, lora_requests(tags, unit.model_field.replace("ad_model", "ad_prompt")))
     width, height = unit.size
     region = prepare_inpaint(
         image,
@@ -84,7 +93,7 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     steps_total, steps_run = inpaint_steps(unit.num_inference_steps, unit.strength)
     options = prompt_options if unit.clip_skip is None else replace(prompt_options, clip_skip=unit.clip_skip)
     request = PassRequest(
-        prompts=[mask_prompt.prompt],
+        prompts=[prompt],
         negative_prompts=[mask_prompt.negative_prompt],
         width=width,
         height=height,

@@ -32,6 +32,7 @@ class AppliedLoras:
     adapters: dict[str, LoraEntry] = field(default_factory=dict)  # adapter name -> file, loaded ones only
     notes: list[str] = field(default_factory=list)
     extra_generation_params: dict[str, str] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)  # name as written (A1111-cleaned) -> short hash
 
 
 class _SDLoraView(StableDiffusionLoraLoaderMixin):
@@ -123,7 +124,13 @@ def _load_all(
     if weights:
         _activate(view, weights)
     if hashes:
-        applied.extra_generation_params["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in hashes.items())
+        applied.hashes = hashes
+        applied.extra_generation_params["Lora hashes"] = lora_hashes_infotext(hashes)
+
+
+def lora_hashes_infotext(hashes: dict[str, str]) -> str:
+    """A1111's `Lora hashes` infotext value: "name: hash, name: hash"."""
+    return ", ".join(f"{name}: {shorthash}" for name, shorthash in hashes.items())
 
 
 @contextmanager

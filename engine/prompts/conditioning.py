@@ -40,10 +40,13 @@ class PassConditioning:
         time_ids: torch.Tensor | None,
         extra_generation_params: dict[str, str],
         notes: tuple[str, ...],
+        negative_time_ids: torch.Tensor | None = None,
     ):
         self.positives = positives
         self.negatives = negatives
-        self.time_ids = time_ids  # (1, 6), SDXL only
+        self.time_ids = time_ids  # (1, 6), SDXL only; the refiner's (1, 5) hold the aesthetic score
+        # The negative prompt's ids differ only for the refiner (A1111's low aesthetic score).
+        self.negative_time_ids = time_ids if negative_time_ids is None else negative_time_ids
         self.extra_generation_params = extra_generation_params
         self.notes = notes
         self._last: tuple[tuple, StepConditioning] | None = None
@@ -70,15 +73,16 @@ class PassConditioning:
         return StepConditioning(
             cond,
             uncond,
-            cond_added=self._added(cond_pooled),
-            uncond_added=self._added(uncond_pooled),
+            cond_added=self._added(cond_pooled, self.time_ids),
+            uncond_added=self._added(uncond_pooled, self.negative_time_ids),
             composition=None if plain else tuple(composition),
         )
 
-    def _added(self, pooled: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
-        if self.time_ids is None:
+    @staticmethod
+    def _added(pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        if time_ids is None:
             return None
-        return {"text_embeds": pooled, "time_ids": self.time_ids.expand(len(pooled), -1)}
+        return {"text_embeds": pooled, "time_ids": time_ids.expand(len(pooled), -1)}
 
 
 def _stack(scheduled: Sequence[ScheduledEmbedding], picks: Sequence[int]):
@@ -182,10 +186,17 @@ def build_conditioning(
     return PassConditioning(
         positives=[[(positives[text], weight) for text, weight in parts] for parts in composable],
         negatives=[negatives[text] for text in negative_prompts],
-        time_ids=pipe.sdxl_time_ids(shape.height, shape.width, 1) if pipe.is_sdxl else None,
+        time_ids=_time_ids(pipe, shape, options.aesthetic_score),
+        negative_time_ids=_time_ids(pipe, shape, options.negative_aesthetic_score),
         extra_generation_params=log.params,
         notes=tuple(log.notes),
     )
+
+
+def _time_ids(pipe, shape: PassShape, aesthetic_score: float) -> torch.Tensor | None:
+    if not pipe.is_sdxl:
+        return None
+    return pipe.sdxl_time_ids(shape.height, shape.width, 1, aesthetic_score)
 
 
 def _schedule(text: str, shape: PassShape) -> list[list]:

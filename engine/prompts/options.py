@@ -25,6 +25,10 @@ class PromptOptions:
     comma_padding_backtrack: int = 20
     # A1111 `sdxl_clip_l_skip`: apply CLIP skip to SDXL's CLIP-L too (hidden_states[-N], no final norm).
     sdxl_clip_l_skip: bool = False
+    # A1111 `sdxl_refiner_high_aesthetic_score` / `..._low_...`: the SDXL refiner's score for the prompt and
+    # for the negative prompt (its added conditions hold one).
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
     def __post_init__(self):
         if self.emphasis not in EMPHASIS_MODES:
@@ -36,6 +40,12 @@ class PromptOptions:
         _check_int(
             "override_settings.comma_padding_backtrack", self.comma_padding_backtrack, *COMMA_BACKTRACK_RANGE
         )
+        for key, value in (
+            ("sdxl_refiner_high_aesthetic_score", self.aesthetic_score),
+            ("sdxl_refiner_low_aesthetic_score", self.negative_aesthetic_score),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RequestError(f"override_settings.{key}", f"must be a number, got {value!r}")
 
 
 def _check_int(field_name: str, value: Any, low: int, high: int) -> None:
@@ -58,6 +68,8 @@ OVERRIDE_SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "emphasis": ("emphasis", _flag),
     "comma_padding_backtrack": ("comma_padding_backtrack", _whole),
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", _flag),
+    "sdxl_refiner_high_aesthetic_score": ("aesthetic_score", _flag),
+    "sdxl_refiner_low_aesthetic_score": ("negative_aesthetic_score", _flag),
 }
 
 

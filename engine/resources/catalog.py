@@ -119,6 +119,11 @@ class CheckpointEntry:
         known = None if self.is_folder else self.hashes.peek(self.path, "sha256")
         return f"{self.name} [{known[:10]}]" if known else self.name
 
+    @property
+    def short_title(self) -> str:
+        """A1111's `short_title` (infotext `Refiner`, `Hires checkpoint`): "stem [shorthash]", or the stem."""
+        return f"{self.name_for_extra} [{self.shorthash}]" if self.shorthash else self.name_for_extra
+
     def matches_hash(self, wanted: str, compute: bool = True) -> bool:
         """Whether `wanted` is this file's old 8-hex hash, 10-hex shorthash or full sha256."""
         wanted = wanted.lower()

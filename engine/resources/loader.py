@@ -16,15 +16,20 @@ from engine.pipeline import A1111Pipeline
 logger = logging.getLogger(__name__)
 
 # Key prefixes that identify the model family of an original (LDM/SGM) single-file checkpoint.
+# The SDXL base holds OpenCLIP-G as its second embedder; the refiner holds it alone, as the first.
 FAMILY_MARKERS = (
     ("sdxl", "conditioner.embedders.1.model."),
+    ("sdxl_refiner", "conditioner.embedders.0.model."),
     ("sd15", "cond_stage_model.transformer."),
 )
-UNSUPPORTED_MARKERS = (
-    ("SD2.x (OpenCLIP-H text encoder)", "cond_stage_model.model."),
-    ("an SDXL refiner", "conditioner.embedders.0.model."),
-)
-PIPELINE_CLASS_NAMES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+UNSUPPORTED_MARKERS = (("SD2.x (OpenCLIP-H text encoder)", "cond_stage_model.model."),)
+# diffusers' own pipeline per family reads the single file (the refiner's: no CLIP-L, aesthetic score).
+PIPELINE_CLASS_NAMES = {
+    "sd15": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline",
+}
+SUPPORTED_FAMILIES = "SD1.5, SDXL and the SDXL refiner"
 # The UNet's first convolution: its input width tells an inpainting checkpoint (9 = latent + mask + masked
 # image's latent) from a plain one (4), as A1111 picks `v1-inpainting-inference.yaml` or SDXL-inpaint by it.
 UNET_INPUT_WEIGHT = "model.diffusion_model.input_blocks.0.0.weight"
@@ -55,6 +60,20 @@ SHAPE_PROBES = {
         (
             "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
             "text_encoder",
+            lambda c: (c["hidden_size"],),
+            (1,),
+        ),
+    ),
+    "sdxl_refiner": (
+        (
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "unet",
+            lambda c: (c["block_out_channels"][0],),
+            (0,),
+        ),
+        (
+            "conditioner.embedders.0.model.token_embedding.weight",
+            "text_encoder_2",
             lambda c: (c["hidden_size"],),
             (1,),
         ),
@@ -148,7 +167,7 @@ _COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "text_en
 
 
 def detect_family(path: Path) -> str:
-    """SD1.5 or SDXL, from the checkpoint's key names (the file name says nothing reliable)."""
+    """"sd15", "sdxl" or "sdxl_refiner", from the checkpoint's key names (the file name says nothing reliable)."""
     if path.suffix != ".safetensors":
         raise UnsupportedError(
             "sd_model_checkpoint", f"{path.name}: only .safetensors checkpoints are loaded (no pickles)"
@@ -160,8 +179,12 @@ def detect_family(path: Path) -> str:
             return family
     for name, prefix in UNSUPPORTED_MARKERS:
         if any(key.startswith(prefix) for key in keys):
-            raise UnsupportedError("sd_model_checkpoint", f"{path.name} is {name}; supported: SD1.5 and SDXL")
-    raise UnsupportedError("sd_model_checkpoint", f"{path.name} is not an SD1.5 or SDXL checkpoint")
+            raise UnsupportedError(
+                "sd_model_checkpoint", f"{path.name} is {name}; supported: {SUPPORTED_FAMILIES}"
+            )
+    raise UnsupportedError(
+        "sd_model_checkpoint", f"{path.name} is not a checkpoint of {SUPPORTED_FAMILIES}"
+    )
 
 
 def unet_in_channels(path: Path) -> int:

@@ -34,6 +34,11 @@ class SigmaSpace:
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         return self.model.model_timestep(sigma)
 
+    def nearest_timestep(self, sigma: torch.Tensor) -> int:
+        """The index of the model's noise level closest to σ: what A1111's `apply_refiner` reads as the
+        timestep (`argmin |inner_model.sigmas − max σ|`; LCM's denoiser holds only its 50 levels)."""
+        return int(torch.argmin((self.model.sigmas - torch.as_tensor(sigma).max()).abs()))
+
     def to_model_input(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x * (1 / (sigma**2 + 1.0) ** 0.5)
 
@@ -76,6 +81,10 @@ class TimestepSpace:
 
     def timestep(self, t: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(t, dtype=torch.float32)
+
+    def nearest_timestep(self, t: torch.Tensor) -> int:
+        """A1111's `apply_refiner` for timestep samplers: the model input time, truncated to an integer."""
+        return int(torch.as_tensor(t).max())
 
     def to_model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x

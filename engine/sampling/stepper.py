@@ -31,6 +31,8 @@ Algorithm = Callable[[torch.Tensor], Generator[tuple[torch.Tensor, torch.Tensor]
 class Space(Protocol):
     def timestep(self, level: torch.Tensor) -> torch.Tensor: ...
 
+    def nearest_timestep(self, level: torch.Tensor) -> int: ...
+
     def to_model_input(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...
 
     def from_loop(self, sample: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...
@@ -110,8 +112,15 @@ class PreparedSampler:
 
     def pending_timestep(self) -> torch.Tensor:
         """The timestep of the next evaluation (adaptive samplers know it only once the last step ran)."""
-        level = self._first_level if self._run is None else self._pending[1]
-        return self._space.timestep(level)
+        return self._space.timestep(self.current_level())
+
+    def current_level(self) -> torch.Tensor:
+        """The level (σ, or timestep for DDIM-style samplers) of the evaluation `scale_model_input` prepared."""
+        return self._first_level if self._run is None else self._pending[1]
+
+    def nearest_timestep(self) -> int:
+        """The integer model timestep A1111 reads at the current evaluation (its refiner switch test)."""
+        return self._space.nearest_timestep(self.current_level())
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """The UNet input for the loop's latent `sample` at the current evaluation."""

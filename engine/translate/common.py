@@ -19,12 +19,6 @@ SEED_RANGE = 4294967294
 
 # Fields A1111 accepts that this worker does not implement: asking for them is an error, never a no-op.
 UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], ...] = (
-    ("tiling", lambda r: bool(r.tiling), "seamless tiling is not supported"),
-    (
-        "refiner_checkpoint",
-        lambda r: getattr(r, "refiner_checkpoint", None) not in (None, "", "None"),
-        "the refiner is not supported",
-    ),
     (
         "script_name",
         lambda r: r.script_name not in (None, "", "None"),
@@ -41,7 +35,7 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 )
 
 # alwayson_scripts A1111 extensions provide; matched case-insensitively like A1111 does.
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet"}
+SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
 
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
@@ -193,6 +187,9 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "rho": _number,
     "always_discard_next_to_last_sigma": _boolean,
     "initial_noise_multiplier": _number,
+    "tiling": _boolean,
+    "hires_fix_refiner_pass": _choice("first pass", "second pass", "both passes"),
+    "refiner_switch_by_sample_steps": _boolean,
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
     **FACE_RESTORATION_SETTINGS,

@@ -3,7 +3,9 @@
 from engine import samplers
 from engine.detailer.args import ADetailerArgs
 from engine.errors import UnsupportedError
+from engine.networks import lora_requests
 from engine.plan import DetailerPlan, SamplerSpec
+from engine.prompts.parser import extract_extra_networks
 from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, multiple_of_8, sampler_options
 from engine.translate.faces import face_restoration_plan
 
@@ -29,6 +31,8 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
             raise UnsupportedError(
                 adetailer.field(position, "ad_vae"), "external VAE files are not supported yet"
             )
+        # The unit's passes activate the `<lora:…>` tags of ad_prompt: a wrong tag fails before any work.
+        lora_requests(extract_extra_networks(unit.ad_prompt)[1], adetailer.field(position, "ad_prompt"))
         checkpoint = None
         if unit.ad_use_checkpoint and unit.ad_checkpoint not in (*SAME_CHECKPOINT, "None"):
             checkpoint = unit.ad_checkpoint

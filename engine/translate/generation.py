@@ -5,7 +5,7 @@ from typing import Any
 from engine import samplers
 from engine.control.units import parse_controlnet_args
 from engine.detailer.args import parse_adetailer_args
-from engine.errors import RequestError
+from engine.errors import RequestError, UnsupportedError
 from engine.networks import lora_requests
 from engine.plan import GenerationPlan, SamplerSpec
 from engine.prompts.options import prompt_options_from
@@ -23,6 +23,7 @@ from engine.translate.common import (
 )
 from engine.translate.detailer import detailer_plans
 from engine.translate.faces import face_restoration_plan
+from engine.translate.refiner import refiner_plan
 from engine.wire.txt2img import GenerationRequest
 
 
@@ -49,15 +50,25 @@ def plan_generation(
     width, height = image_size(request, settings)
     count = batch_size * n_iter
     choice = samplers.resolve_sampler(request.sampler_name or request.sampler_index, request.scheduler)
-    prompts, networks = take_extra_networks(per_image(request.prompt, count, "prompt"), request)
+    written = per_image(request.prompt, count, "prompt")
+    prompts, networks = take_extra_networks(written, request)
     negative_prompts = per_image(request.negative_prompt, count, "negative_prompt")
     steps = bounded_int(request.steps, "steps", 1, settings.max_steps)
     sampler = SamplerSpec(choice, sampler_options(request, choice, options))
     adetailer = parse_adetailer_args(request.alwayson_scripts)
+    refiner, refiner_notes = refiner_plan(request, options)
+    control_units = parse_controlnet_args(request.alwayson_scripts)
+    if refiner is not None and control_units:
+        # A1111's ControlNet hooks the base UNet only; after the switch its units would silently stop.
+        raise UnsupportedError(
+            "refiner_checkpoint", "a refiner together with ControlNet units is not supported"
+        )
     plan = GenerationPlan(
         checkpoint=options.get("sd_model_checkpoint") or settings.default_checkpoint,
         vae=options.get("sd_vae"),
         prompts=prompts,
+        prompts_as_written=written,
+        extra_networks_enabled=not request.disable_extra_networks,
         negative_prompts=negative_prompts,
         noise=noise_spec(request, count, options),
         batch_size=batch_size,
@@ -70,11 +81,14 @@ def plan_generation(
         prompt_options=prompt_options_from(options),
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
-        control_units=parse_controlnet_args(request.alwayson_scripts),
+        control_units=control_units,
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
         face_restoration=face_restoration_plan(request.restore_faces, options),
+        refiner=refiner,
+        # A1111: the request's `tiling`, else the `tiling` option.
+        tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
         infotext_extra=tuple(adetailer.infotext_params().items()),
-        warnings=tuple(request_warnings(request)),
+        warnings=(*request_warnings(request), *refiner_notes),
     )
     return plan, options

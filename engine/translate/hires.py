@@ -4,13 +4,17 @@ from typing import Any
 
 from engine import samplers
 from engine.errors import RequestError
-from engine.plan import HiresPlan, SamplerSpec
+from engine.networks import lora_requests
+from engine.plan import GenerationPlan, HiresPlan, SamplerSpec
 from engine.prompts.parser import extract_extra_networks
 from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, bounded_int, sampler_options
 
 
-def hires_plan(request, settings, prompts, negative_prompts, steps, sampler, options):
-    """A1111's hires fix: target size (`calculate_target_resolution`), steps, prompts and sampler of pass 2."""
+def hires_plan(request, settings, first: GenerationPlan, options):
+    """A1111's hires fix: target size (`calculate_target_resolution`), steps, prompts, LoRAs and sampler of
+    pass 2, after the first pass `first`. Returns (HiresPlan, its infotext entries)."""
+    prompts, negative_prompts = first.prompts, first.negative_prompts
+    steps, sampler = first.num_inference_steps, first.sampler
     if request.denoising_strength is None:
         # A1111 crashes with HTTP 500 here, after the first pass has already run.
         raise RequestError("denoising_strength", "is required with enable_hr: a number in (0, 1]")
@@ -54,9 +58,14 @@ def hires_plan(request, settings, prompts, negative_prompts, steps, sampler, opt
             request.hr_scheduler or request.scheduler,
             field="hr_sampler_name",
         )
-    hr_prompts = (
-        (extract_extra_networks(request.hr_prompt)[0],) * len(prompts) if request.hr_prompt else prompts
-    )
+    hr_prompts, loras = prompts, first.loras
+    written = first.prompts_as_written or prompts
+    hr_written = (request.hr_prompt,) * len(prompts) if request.hr_prompt else written
+    if request.hr_prompt:
+        # A1111 activates hr_prompt's own networks for the second pass (`hr_extra_network_data`).
+        text, tags = extract_extra_networks(request.hr_prompt)
+        hr_prompts = (text,) * len(prompts)
+        loras = tuple(lora_requests(tags, "hr_prompt")) if first.extra_networks_enabled else ()
     hr_negatives = (
         (request.hr_negative_prompt,) * len(prompts) if request.hr_negative_prompt else negative_prompts
     )
@@ -66,8 +75,8 @@ def hires_plan(request, settings, prompts, negative_prompts, steps, sampler, opt
         extra.append(("Hires checkpoint", checkpoint))
     if hr_choice.sampler != sampler.choice.sampler:
         extra.append(("Hires sampler", hr_choice.sampler))
-    if hr_prompts != prompts:
-        extra.append(("Hires prompt", hr_prompts[0]))
+    if hr_written != written:
+        extra.append(("Hires prompt", hr_written[0]))
     if hr_negatives != negative_prompts:
         extra.append(("Hires negative prompt", hr_negatives[0]))
     if hr_choice.schedule != sampler.choice.schedule:
@@ -90,6 +99,7 @@ def hires_plan(request, settings, prompts, negative_prompts, steps, sampler, opt
         negative_prompts=hr_negatives,
         sampler=SamplerSpec(hr_choice, sampler_options(request, hr_choice, options)),
         checkpoint=checkpoint,
+        loras=loras,
     )
     return plan, tuple(extra)
 

@@ -17,13 +17,5 @@ def to_plan(
     plan, options = plan_generation(request, settings, defaults)
     if not request.enable_hr:
         return plan
-    hires, infotext = hires_plan(
-        request,
-        settings,
-        plan.prompts,
-        plan.negative_prompts,
-        plan.num_inference_steps,
-        plan.sampler,
-        options,
-    )
+    hires, infotext = hires_plan(request, settings, plan, options)
     return replace(plan, hires=hires, infotext_extra=plan.infotext_extra + infotext)

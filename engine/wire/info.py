@@ -38,6 +38,7 @@ class InfotextFields:
     ensd: int | None = None  # only for samplers that use it
     rng: str = "GPU"
     face_restoration: str | None = None  # the restorer's name when restore_faces is on
+    tiling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # A1111's extra_generation_params, in order
 
 
@@ -65,6 +66,7 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
         "Clip skip": fields.clip_skip if fields.clip_skip > 1 else None,
         "ENSD": fields.ensd or None,
         "RNG": fields.rng if fields.rng != "GPU" else None,
+        "Tiling": "True" if fields.tiling else None,
     }
     # A key already present keeps its place and only takes the new value (plain dict update).
     params.update(fields.extra)

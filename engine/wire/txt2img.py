@@ -48,6 +48,8 @@ class GenerationRequest(BaseModel):
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
     disable_extra_networks: bool | None = False
     comments: dict[str, Any] | None = None
     force_task_id: str | None = None
@@ -77,8 +79,6 @@ class Txt2ImgRequest(GenerationRequest):
 
     endpoint: ClassVar[str] = "txt2img"
 
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
     firstpass_image: str | None = None
     enable_hr: bool | None = False
     firstphase_width: int | None = 0
