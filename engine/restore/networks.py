@@ -9,6 +9,7 @@ loaded by spandrel's own loader.
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import spandrel
@@ -39,7 +40,10 @@ def restorer_registry() -> spandrel.ArchRegistry:
     non-commercial licences) is offered."""
     registry = spandrel.MAIN_REGISTRY.copy()
     try:
-        from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
+        with warnings.catch_warnings():
+            # Importing the package compiles another architecture with the deprecated torch.jit.script.
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            from spandrel_extra_arches.architectures.CodeFormer import CodeFormerArch
     except ImportError:
         return registry
     registry.add(spandrel.ArchSupport.from_architecture(CodeFormerArch()))

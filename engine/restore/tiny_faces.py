@@ -35,12 +35,13 @@ PARSER_SKIN_CLASS = 1  # facexlib's MASK_COLORMAP pastes classes 1–13 and 15
 
 
 def tiny_detector_state_dict() -> dict[str, torch.Tensor]:
-    """RetinaFace-ResNet50 weights that score bright cells as faces (see the module docstring)."""
+    """RetinaFace-ResNet50 weights (fp16) that score bright cells as faces (see the module docstring)."""
     from engine.restore.face_models import build_retinaface
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        detector = build_retinaface("cpu")
+    # Every value is set below: build on the meta device and give it fp16 storage, nothing to initialise.
+    with torch.device("meta"):
+        detector = build_retinaface("meta")
+    detector = detector.to(dtype=torch.float16).to_empty(device="cpu")
     with torch.no_grad():
         _clear(detector)
         _carry_brightness(detector)
@@ -61,6 +62,7 @@ def _clear(detector: nn.Module) -> None:
             module.running_var.fill_(1.0)
             module.weight.fill_(1.0)
             module.bias.zero_()
+            module.num_batches_tracked.zero_()
 
 
 def _carry_brightness(detector: nn.Module) -> None:
