@@ -177,6 +177,44 @@ MANIFEST: tuple[Item, ...] = (
                   "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", FACE_RESTORATION_GROUPS),
 )
 
+# sd-webui-controlnet's annotator files (its `annotator/*/__init__.py` download URLs), in its folder layout under
+# ControlNetAnnotators/ (see engine/control/maps/annotators.py). Not in the default set; `--only annotators`.
+ANNOTATOR_REPO = "lllyasviel/Annotators"
+ANNOTATOR_FILES: dict[str, tuple[str, ...]] = {
+    "hed": ("ControlNetHED.pth",), "pidinet": ("table5_pidinet.pth",), "mlsd": ("mlsd_large_512_fp32.pth",),
+    "lineart": ("sk_model.pth", "sk_model2.pth"), "lineart_anime": ("netG.pth",),
+    "openpose": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+    "midas": ("dpt_hybrid-midas-501f0c75.pt",), "zoedepth": ("ZoeD_M12_N.pt",),
+    "leres": ("res101.pth", "latest_net_G.pth"), "normal_bae": ("scannet.pt",), "lama": ("ControlNetLama.pth",),
+}
+ANNOTATORS = tuple(
+    Item(f"annotator-{folder}/{file}", "annotator", ANNOTATOR_REPO, file, f"ControlNetAnnotators/{folder}/{file}",
+         default=False, groups=("annotators", f"annotator-{folder}"))
+    for folder, files in ANNOTATOR_FILES.items() for file in files
+)
+# ControlNet 1.1 for SD1.5 as fp16 safetensors (the same weights as lllyasviel's .pth files), the config the
+# loader builds them with, an SD1.5 T2I-Adapter, and xinsir's SDXL union ControlNet (ProMax) with its config.
+CONTROLNET_11_REPO = "comfyanonymous/ControlNet-v1-1_fp16_safetensors"
+CONTROLNET_11 = ("control_v11p_sd15_canny", "control_v11f1p_sd15_depth", "control_v11p_sd15_openpose",
+                 "control_v11p_sd15_lineart", "control_v11p_sd15_softedge", "control_v11p_sd15_scribble",
+                 "control_v11p_sd15_inpaint", "control_v11f1e_sd15_tile", "control_v11e_sd15_shuffle",
+                 "control_v11p_sd15_mlsd", "control_v11p_sd15_normalbae")
+CONTROLNETS = (
+    *(Item(f"{name}", "controlnet", CONTROLNET_11_REPO, f"{name}_fp16.safetensors",
+           f"ControlNet/{name}_fp16.safetensors", default=False, groups=("controlnet-sd15",))
+      for name in CONTROLNET_11),
+    Item("controlnet-sd15-config", "config", "lllyasviel/control_v11p_sd15_canny", "config.json",
+         "configs/controlnet-sd15/config.json", default=False, groups=("controlnet-sd15", "configs")),
+    Item("t2iadapter_depth_sd15v2", "controlnet", "TencentARC/T2I-Adapter", "models/t2iadapter_depth_sd15v2.pth",
+         "ControlNet/t2iadapter_depth_sd15v2.pth", default=False, groups=("t2i-adapter",)),
+    Item("controlnet-union-sdxl-promax", "controlnet", "xinsir/controlnet-union-sdxl-1.0",
+         "diffusion_pytorch_model_promax.safetensors", "ControlNet/controlnet-union-sdxl-promax.safetensors",
+         default=False, groups=("controlnet-union",)),
+    Item("controlnet-union-sdxl-config", "config", "xinsir/controlnet-union-sdxl-1.0", "config_promax.json",
+         "configs/controlnet-union-sdxl/config.json", default=False, groups=("controlnet-union", "configs")),
+)
+MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS)
+
 Fetch = Callable[[Item, Path], Path]
 # Selectors that are not item or group names.
 KEYWORDS: dict[str, Callable[[Item], bool]] = {

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         "demo-models", help="write tiny RANDOM-WEIGHT models (they produce noise) for trying the worker out"
     )
     demo.add_argument("dest", type=Path, nargs="?", help="folder to write (default: the models folder)")
+    demo.add_argument("--annotators", choices=("small", "all"), default="small",
+                      help="'all' also writes the large random-weight annotators (OpenPose, MiDaS…: ~1.5 GB)")
 
     args = parser.parse_args(argv)
     setup_logging(args.verbose, fmt="%(levelname)s %(name)s: %(message)s")
@@ -179,7 +181,12 @@ def run_demo_models(args: argparse.Namespace, settings: Settings) -> int:
     from engine.demo.models import write_demo_models
 
     dest = args.dest or settings.models_dir
-    for path in write_demo_models(dest):
+    written = write_demo_models(dest)
+    if args.annotators == "all":
+        from engine.control.maps.demo import LARGE, write_random_annotators
+
+        written += write_random_annotators(dest, tuple(LARGE))
+    for path in written:
         logger.info("wrote %s", path)
     logger.warning("these models have RANDOM weights: every image they make is noise")
     return 0

@@ -41,6 +41,8 @@ class Progress:
 class GenerationOutput:
     images: list[Image.Image]
     unet_calls: int
+    control_calls: int = 0  # ControlNet / T2I-Adapter forwards (ADetailer's passes; the main ones are counted
+    # by the request's ControlRequest)
     notes: list[str] = field(default_factory=list)  # reported to the client as warnings
     restorer_calls: int = 0  # face restoration network calls: one per restored face
     # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
@@ -75,6 +77,8 @@ class Models:
     embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
     control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
     restorer: object | None = None  # engine.restore.registry.FaceRestorer for plan.face_restoration
+    # (units, (width, height), seed) → ControlRequest: ADetailer's own ControlNet, prepared per inpaint pass.
+    make_control: Callable | None = None
     loras: LoraSession | None = None  # the request's LoRAs, activated pass by pass; None: no LoRAs
 
     def pipelines(self) -> list[A1111Pipeline]:
@@ -112,9 +116,12 @@ def generate(
                 # 1–2. Base pass from noise, then hires fix; 3. decode; 4. face restoration (A1111 restores
                 # each decoded image before the scripts' postprocess_image).
                 latents, pipe = _txt2img(plan, models, batch, noise, progress, output)
+                images = pipe.decode_to_images(latents)
+                if models.control is not None:
+                    # sd-webui-controlnet's pixel steps (postprocess_batch_list) come before face restoration.
+                    images = models.control.postprocess(images, *images[0].size)
                 images = restore_decoded(
-                    pipe.decode_to_images(latents), models.restorer, plan.face_restoration,
-                    noise.seeds, batch.start, output,
+                    images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output
                 )
 
         # 5. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
@@ -247,7 +254,8 @@ def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, o
     )
     networks = models.loras if plan.extra_networks_enabled else None
     return detail_image(
-        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks
+        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks,
+        models.make_control,
     )
 
 

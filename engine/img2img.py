@@ -74,6 +74,9 @@ def img2img_pass(
     )
     output.add(result)
     images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)
+    if models.control is not None:
+        # sd-webui-controlnet's pixel steps run on the decoded pass, before A1111 pastes it back.
+        images = models.control.postprocess(images, plan.width, plan.height)
     # A1111 restores faces on the decoded image, before the overlay puts the original back outside the mask.
     images = restore_decoded(images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output)
     if prepared.regions is not None:

@@ -125,7 +125,10 @@ def run_pass(
             steps=request.steps_run,
             second_order=request.sampler.choice.second_order,
             hires=request.shape.hires,
+            pipe=pipe,
         )
+        if not request.shape.hires:
+            initial = control.initial_noise(initial, pipe)
     image_conditioning = _image_conditioning(pipe, request, noise, init)
     unet = GuidedUNet(
         pipe.unet, request.guidance_scale, conditioning, control=stack, image_conditioning=image_conditioning

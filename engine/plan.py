@@ -104,6 +104,7 @@ class DetailerPlan:
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
     face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
+    controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,8 @@ class Engine:
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
             models = load_models(self, plan, resolved)
+            if any(unit.controlnet is not None for unit in plan.detailers):
+                models = replace(models, make_control=self._detailer_control)
             if plan.control_units:
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
@@ -152,6 +154,8 @@ class Engine:
                     self.control_models,
                     (plan.width, plan.height),
                     hires_size,
+                    # sd-webui-controlnet `set_numpy_seed`: the first seed plus the first subseed.
+                    seed=plan.noise.seeds[0] + plan.noise.subseeds[0],
                 )
                 models = replace(models, control=control)
             output, lora_notes = self._run(plan, models, on_progress)
@@ -194,6 +198,10 @@ class Engine:
             unet_calls=output.unet_calls,
             restorer_calls=output.restorer_calls,
         )
+
+    def _detailer_control(self, units, size, seed: int):
+        """ADetailer's ControlNet for one inpaint pass: the same preparation as the request's units."""
+        return prepare_control(units, self.catalog, self.control_models, size, seed=seed)
 
     def _run(self, plan: GenerationPlan, models: Models, on_progress) -> tuple[GenerationOutput, list[str]]:
         """Generate with the request's changes to shared modules in place, all undone afterwards even when the

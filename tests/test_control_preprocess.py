@@ -12,7 +12,8 @@ from PIL import Image
 from engine.control.api import detect
 from engine.control.faces import FaceAnalyser, find_antelopev2
 from engine.control.keypoints import draw_keypoints
-from engine.control.preprocess import canny_map, fit_map, pixel_perfect_resolution, resize_with_pad
+from engine.control.maps.simple import canny as _canny
+from engine.control.preprocess import fit_map, pixel_perfect_resolution, resize_with_pad
 from engine.control.tiny_faces import ANTELOPE_FOLDER, KEYPOINT_FRACTIONS, write_tiny_antelopev2
 from engine.control.units import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL
 from engine.errors import NotFoundError, RequestError
@@ -71,8 +72,8 @@ def test_pixel_perfect_resolution():
 def test_canny_finds_the_square_and_honours_its_thresholds():
     image = np.full((64, 64, 3), 30, np.uint8)
     image[20:44, 20:44] = 40  # a faint square: gradient far below 100/200, well above 1/2
-    assert canny_map(image, 64, 100, 200).max() == 0
-    edges = canny_map(image, 64, 1, 2)
+    assert _canny(image, 64, 100, 200).max() == 0
+    edges = _canny(image, 64, 1, 2)
     assert edges.shape == (64, 64, 3) and set(np.unique(edges)) == {0, 255}
     assert edges[32, 18:23].max() == 255 and edges[32, 30:34].max() == 0 and edges[2:10, 2:10].max() == 0
 
@@ -169,10 +170,10 @@ def test_detect_endpoint_draws_maps(face_models):
     body = detect(None, {"controlnet_module": "canny", "controlnet_input_images": [_b64(square)],
                          "controlnet_processor_res": 128})
     assert body["info"] == "Success" and len(body["images"]) == 1
-    np.testing.assert_array_equal(_decoded(body["images"][0]), canny_map(square, 128, 100, 200))
-    # 64 is below the resolution slider's minimum (128): sd-webui-controlnet falls back to 512.
+    np.testing.assert_array_equal(_decoded(body["images"][0]), _canny(square, 128, 100, 200))
+    # 32 is below the resolution slider's minimum (64): sd-webui-controlnet falls back to 512.
     body = detect(None, {"controlnet_module": "canny", "controlnet_input_images": [_b64(square)],
-                         "controlnet_processor_res": 64})
+                         "controlnet_processor_res": 32})
     assert _decoded(body["images"][0]).shape == (512, 512, 3)
 
     catalog = types.SimpleNamespace(root=face_models)

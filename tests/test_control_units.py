@@ -33,6 +33,18 @@ def _png_base64(colour=(200, 30, 60), size=(8, 6)) -> str:
 IMAGE = _png_base64()
 
 
+def _half_mask_base64(size=(8, 6)) -> str:
+    """White on the left half, black on the right: a real mask (neither all black nor all white)."""
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, size[0] // 2, size[1]))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+MASK = _half_mask_base64()
+
+
 def _seed_unit(module: str, model: str, weight: float) -> dict:
     """A unit exactly as the InstantID example payload sends it (no `enabled`, `guidance` and `guidance_end`)."""
     return {"image": IMAGE, "module": module, "model": model, "weight": weight, "resize_mode": "Crop and Resize",
@@ -143,8 +155,13 @@ def test_slider_defaults_as_sd_webui_controlnet_bound_check():
 
 
 def test_unknown_module_lists_the_supported_ones():
-    with pytest.raises(NotFoundError, match=r"args\[0\]\.module.*'depth_midas'.*'canny'.*'instant_id_face_keypoints'"):
-        _parse({"module": "depth_midas", "model": "x", "image": IMAGE})
+    with pytest.raises(NotFoundError, match=r"args\[0\]\.module.*'canny'.*'depth_midas'.*'instant_id_face_keypoints'"):
+        _parse({"module": "depth_midasx", "model": "x", "image": IMAGE})
+
+
+def test_a_known_but_unsupported_module_says_so():
+    with pytest.raises(UnsupportedError, match=r"args\[0\]\.module: ControlNet module 'seg_ofade20k' .*not supported"):
+        _parse({"module": "seg_ofade20k", "model": "x", "image": IMAGE})
 
 
 @pytest.mark.parametrize(
@@ -159,7 +176,8 @@ def test_unknown_module_lists_the_supported_ones():
         ({"module": "canny", "model": "c", "image": IMAGE, "resize_mode": "Stretch"}, RequestError,
          r"resize_mode: unknown value 'Stretch'; valid: 'Crop and Resize'"),
         ({"module": "canny", "model": "c", "image": IMAGE, "weight": -1}, RequestError, r"weight"),
-        ({"module": "canny", "model": "c", "image": {"image": IMAGE, "mask": IMAGE}}, UnsupportedError, r"mask"),
+        ({"module": "canny", "model": "c", "image": {"image": IMAGE, "mask": MASK}}, UnsupportedError,
+         r"\.mask: a mask is used only by inpaint modules"),
         ({"module": "canny", "model": "c", "image": [{"image": IMAGE}, {"image": IMAGE}]}, UnsupportedError,
          r"\.image: one image per unit"),
         ({"module": "canny", "model": "c", "image": IMAGE, "advanced_weighting": [1.0] * 13}, UnsupportedError,
@@ -186,16 +204,28 @@ def test_module_lookup_accepts_forge_names_and_any_case():
 
 def test_module_list_shape():
     body = module_list(None, {})
-    assert body["module_list"] == ["none", "canny", "instant_id_face_keypoints", "instant_id_face_embedding"]
+    # sd-webui-controlnet's order: "none", then priority 100 by label descending, then the rest.
+    assert body["module_list"][:4] == ["none", "tile_resample", "pidinet", "pidinet_scribble"]  # by label
+    assert body["module_list"].index("canny") < body["module_list"].index("invert")
     canny = body["module_detail"]["canny"]
     assert canny["model_free"] is False
     assert canny["sliders"] == [
-        {"name": "Resolution", "value": 512, "min": 128, "max": 2048, "step": 8},
+        {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8},
         {"name": "Low Threshold", "value": 100, "min": 1, "max": 255, "step": 1},
         {"name": "High Threshold", "value": 200, "min": 1, "max": 255, "step": 1},
     ]
-    assert body["module_detail"]["none"]["sliders"] == []
+    # "none" keeps the default resolution slider; invert and inpaint hide it.
+    assert [s["name"] for s in body["module_detail"]["none"]["sliders"]] == ["Resolution"]
+    assert body["module_detail"]["invert"]["sliders"] == []
     assert set(body["module_detail"]) == set(MODULES)
+
+
+def test_module_list_with_alias_names_uses_the_labels():
+    body = module_list(None, {"alias_names": "true"})
+    assert "depth_midas" in body["module_list"] and "depth" not in body["module_list"]
+    assert "inpaint_global_harmonious" in body["module_detail"]
+    assert body["module_detail"]["mlsd"]["sliders"][1] == {"name": "MLSD Value Threshold", "value": 0.1,
+                                                           "min": 0.01, "max": 2.0, "step": 0.01}
 
 
 def test_model_list_titles_with_a1111_short_hash(tmp_path):

@@ -4,14 +4,18 @@ each a function (catalog, payload) → response body in its shape (`scripts/api.
 import base64
 import io
 import logging
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from engine.control.modules import FACE_EMBEDDING, MODULES, find_module
-from engine.control.preprocess import FaceFinder, detect_map, to_rgb_array
-from engine.control.units import decode_base64_image
-from engine.errors import RequestError, UnsupportedError
+from engine.control.inputs import to_rgb
+from engine.control.maps.registry import MapTools, detect_map
+from engine.control.modules import FACE_EMBEDDING, MASK_REQUIRED, find_module, sorted_modules
+from engine.control.preprocess import FaceFinder, to_rgb_array
+from engine.errors import RequestError
+from engine.imaging.decode import decode_image
 from engine.imaging.png import png_base64
 
 
@@ -28,43 +32,66 @@ def model_list(catalog, payload: dict[str, Any] | None = None) -> dict[str, Any]
 
 
 def module_list(catalog, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`GET /controlnet/module_list?alias_names=false`: the supported preprocessors and their sliders (labels
-    and names coincide for these modules, so `alias_names` changes nothing)."""
-    return {"module_list": list(MODULES), "module_detail": {name: spec.detail() for name, spec in MODULES.items()}}
+    """`GET /controlnet/module_list?alias_names=false`: the supported preprocessors in sd-webui-controlnet's order,
+    by name (or by UI label with `alias_names=true`), and their visible sliders."""
+    labels = _flag((payload or {}).get("alias_names", False))
+    ordered = [(spec.title if labels else spec.name, spec) for spec in sorted_modules()]
+    return {"module_list": [key for key, _ in ordered], "module_detail": {key: spec.detail() for key, spec in ordered}}
 
 
 def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
     """`POST /controlnet/detect`: run a preprocessor on images. Map modules answer `{"info", "images"}` (the
-    maps at the preprocessor's scale, base64 PNG); the face embedding answers `{"info", "tensor"}` (each a
-    base64 `torch.save` of the raw 512-d vector), as sd-webui-controlnet does.
+    maps at the preprocessor's scale, base64 PNG; inpaint modules their RGB part); the face embedding answers
+    `{"info", "tensor"}` (each a base64 `torch.save` of the raw 512-d vector), as sd-webui-controlnet does.
 
     Args:
-        catalog: the models catalog (for the insightface models' folder when `models` is not given).
+        catalog: the models catalog (for the annotator and insightface folders when `models` is not given).
         payload: {controlnet_module, controlnet_input_images, controlnet_processor_res,
             controlnet_threshold_a, controlnet_threshold_b, controlnet_masks, low_vram}.
-        models: the engine's `ControlModels`, whose face analyser is reused; else one is made for this call.
+        models: the engine's `ControlModels`, whose face analyser and annotators are reused.
     """
     module = find_module(payload.get("controlnet_module", "none"), "controlnet_module")
     images = payload.get("controlnet_input_images") or []
     if not isinstance(images, list) or not images:
         raise RequestError("controlnet_input_images", "no image given: a list of base64 images is required")
-    if payload.get("controlnet_masks"):
-        raise UnsupportedError("controlnet_masks", "masks are used only by inpainting modules, not supported")
-    resolution = int(_slider(module.resolution, payload.get("controlnet_processor_res", -1)))
+    masks = payload.get("controlnet_masks") or []
+    if module.mask == MASK_REQUIRED and len(masks) != len(images):
+        raise RequestError("controlnet_masks", f"module {module.name!r} needs one mask per input image")
+    resolution = _slider(module.resolution, payload.get("controlnet_processor_res", -1))
     thresholds = (_slider(module.threshold_a, payload.get("controlnet_threshold_a", -1)),
                   _slider(module.threshold_b, payload.get("controlnet_threshold_b", -1)))
     faces = FaceFinder(_face_analyser(catalog, models))
+    tools = MapTools(detectors=_detectors(catalog, models), faces=faces)
     results = []
     for index, text in enumerate(images):
         field = f"controlnet_input_images[{index}]"
-        image = to_rgb_array(decode_base64_image(text, field))
+        image = to_rgb_array(to_rgb(decode_image(text, field)[0]))
         if module.output == FACE_EMBEDDING:
-            results.append(_tensor_base64(faces(image, resolution, field).face.embedding))
-        else:
-            detected = detect_map(module.name, image, resolution, thresholds, faces, field)
-            results.append(png_base64(Image.fromarray(detected), None))
+            results.append(_tensor_base64(faces(image, int(resolution), field).face.embedding))
+            continue
+        if module.mask == MASK_REQUIRED:
+            mask = decode_image(masks[index], f"controlnet_masks[{index}]")[0].convert("RGB")
+            image = np.concatenate([image, np.asarray(mask)[:, :, :1]], axis=2)
+        detected = detect_map(module.name, image, resolution, thresholds, replace(tools, field=field))
+        results.append(png_base64(Image.fromarray(detected[:, :, :3]), None))
     key = "tensor" if module.output == FACE_EMBEDDING else "images"
     return {"info": "Success", key: results}
+
+
+def _detectors(catalog, models):
+    """The engine's annotators, else a store made for this call on first use."""
+    if models is not None:
+        return models.annotator
+    stores = []
+
+    def detector(name: str, field: str = "controlnet_module"):
+        from engine.control.maps.annotators import AnnotatorStore
+
+        if not stores:
+            stores.append(AnnotatorStore(catalog.root))
+        return stores[0].get(name, field)
+
+    return detector
 
 
 def _slider(slider, value: Any) -> float:

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.control.faces import FaceAnalyser, find_antelopev2
+from engine.control.maps.annotators import AnnotatorStore
 from engine.errors import NotFoundError, UnsupportedError
 from engine.resources.cache import ResidentCache
 
@@ -18,8 +19,30 @@ from engine.resources.cache import ResidentCache
 logger = logging.getLogger(__name__)
 
 CONTROLNET_CLASS = "ControlNetModel"
+UNION_CLASS = "ControlNetUnionModel"
+ADAPTER_CLASS = "T2IAdapter"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 IP_ADAPTER_PARTS = ("image_proj", "ip_adapter")
+# What a control model is, by class (sd-webui-controlnet `controlnet_model_guess.py` tells them by keys).
+CONTROLNET, UNION, ADAPTER = "controlnet", "union", "t2i_adapter"
+_KIND_OF_CLASS = {CONTROLNET_CLASS: CONTROLNET, UNION_CLASS: UNION, ADAPTER_CLASS: ADAPTER}
+
+
+def model_kind(model) -> str:
+    """CONTROLNET, UNION or ADAPTER for a loaded diffusers model."""
+    return _KIND_OF_CLASS.get(type(model).__name__, CONTROLNET)
+
+
+def file_kind(keys) -> str:
+    """What a weights file holds, from its key names: a union ControlNet (xinsir ProMax: `task_embedding`),
+    a T2I-Adapter (TencentARC's `body.N.block1` or diffusers' `adapter.body.`), else a ControlNet."""
+    keys = set(keys)
+    if "task_embedding" in keys or "control_add_embedding.linear_1.weight" in keys:
+        return UNION
+    if "conv_in.weight" in keys and any(k.startswith(("body.0.block1.", "adapter.")) for k in keys) or any(
+            k.startswith("adapter.body.") for k in keys):
+        return ADAPTER
+    return CONTROLNET
 
 
 class ControlModels:
@@ -34,6 +57,11 @@ class ControlModels:
         self._controlnets = ResidentCache(self._load_controlnet, capacity)
         self._ip_adapters = ResidentCache(self._load_ip_adapter, 1)
         self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 1)
+        self._annotators = AnnotatorStore(self.models_root, self.device)
+
+    def annotator(self, name: str, field: str = "module"):
+        """A preprocessor's detector (controlnet_aux / spandrel) from the annotator folder, on the device."""
+        return self._annotators.get(name, field)
 
     def controlnet(self, path: Path):
         """A `ControlNetModel` from a single file (LDM or diffusers keys) or a diffusers folder, in eval mode."""
@@ -51,11 +79,23 @@ class ControlModels:
 
         common = {"torch_dtype": self.dtype, "local_files_only": True}
         if path.is_dir():
-            model = ControlNetModel.from_pretrained(path, **common)
+            model = _folder_class(path).from_pretrained(path, **common)
         else:
-            config = find_controlnet_config(path, self.config_roots)
-            logger.info("loading ControlNet %s with the config in %s", path.name, config)
-            model = ControlNetModel.from_single_file(str(path), config=str(config), **common)
+            kind = file_kind(_weight_shapes(path))
+            if kind == ADAPTER:
+                model = load_adapter_file(path, self.dtype)
+            elif kind == UNION:
+                config = find_controlnet_config(path, self.config_roots, UNION_CLASS)
+                logger.info("loading union ControlNet %s with the config in %s", path.name, config)
+                model = _load_with_config(path, config, UNION_CLASS, self.dtype)
+            else:
+                config = find_controlnet_config(path, self.config_roots)
+                logger.info("loading ControlNet %s with the config in %s", path.name, config)
+                model = ControlNetModel.from_single_file(str(path), config=str(config), **common)
+                if "shuffle" in path.stem.lower():
+                    # sd-webui-controlnet `build_model_by_guess`: "shuffle" in the file name means global
+                    # average pooling of the residuals (control_v11e_sd15_shuffle), fed to the prompt rows only.
+                    model.register_to_config(global_pool_conditions=True)
         if model.device != self.device:
             model = model.to(self.device)
         return model.eval().requires_grad_(False)
@@ -94,9 +134,9 @@ def read_ip_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return loaded
 
 
-def find_controlnet_config(path: Path, config_roots: Sequence[Path]) -> Path:
-    """The config folder (`<root>/<name>/config.json` of a ControlNetModel) whose architecture has exactly the
-    weights of `path`, after diffusers' LDM → diffusers key conversion where the file uses LDM keys.
+def find_controlnet_config(path: Path, config_roots: Sequence[Path], class_name: str = CONTROLNET_CLASS) -> Path:
+    """The config folder (`<root>/<name>/config.json` of a `class_name` model) whose architecture has exactly
+    the weights of `path`, after diffusers' LDM → diffusers key conversion where the file uses LDM keys.
 
     Raises:
         NotFoundError: no config fits, listing those tried.
@@ -108,10 +148,10 @@ def find_controlnet_config(path: Path, config_roots: Sequence[Path]) -> Path:
         raise UnsupportedError("controlnet.model", f"{path.name} is an IP-Adapter, not a ControlNet; use it with "
                                                    "the 'instant_id_face_embedding' module")
     tried = []
-    for folder in _controlnet_config_folders(config_roots):
+    for folder in _controlnet_config_folders(config_roots, class_name):
         config = json.loads((folder / "config.json").read_text())
         tried.append(folder.name)
-        converted = convert_controlnet_checkpoint(dict(found), config)
+        converted = dict(found) if class_name != CONTROLNET_CLASS else convert_controlnet_checkpoint(dict(found), config)
         shapes = {key: tuple(tensor.shape) for key, tensor in converted.items() if tensor is not None}
         if shapes == _expected_shapes(folder / "config.json"):
             return folder
@@ -120,12 +160,12 @@ def find_controlnet_config(path: Path, config_roots: Sequence[Path]) -> Path:
                                             f"(tried {tried or 'none'}); run download_models.py for the configs")
 
 
-def _controlnet_config_folders(config_roots: Sequence[Path]) -> list[Path]:
+def _controlnet_config_folders(config_roots: Sequence[Path], class_name: str = CONTROLNET_CLASS) -> list[Path]:
     folders = []
     for root in config_roots:
         for config in sorted(Path(root).glob("*/config.json")):
             try:
-                if json.loads(config.read_text()).get("_class_name") == CONTROLNET_CLASS:
+                if _CLASS_ALIASES.get(json.loads(config.read_text()).get("_class_name")) == class_name:
                     folders.append(config.parent)
             except (OSError, ValueError) as exc:
                 logger.warning("skipping unreadable config %s: %s", config, exc)
@@ -149,10 +189,77 @@ def _flat(tree: Mapping, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
 
 
 def _expected_shapes(config_file: Path) -> dict[str, tuple[int, ...]]:
-    """Weight shapes of the ControlNetModel a config describes, built on the meta device (no memory, no init)."""
-    from diffusers import ControlNetModel
-
+    """Weight shapes of the model a config describes, built on the meta device (no memory, no init)."""
     config = json.loads(config_file.read_text())
     with torch.device("meta"):
-        model = ControlNetModel.from_config(config)
+        model = _diffusers_class(config.get("_class_name", CONTROLNET_CLASS)).from_config(config)
     return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+# Config `_class_name`s → diffusers class: xinsir's union configs name their own class.
+_CLASS_ALIASES = {CONTROLNET_CLASS: CONTROLNET_CLASS, UNION_CLASS: UNION_CLASS, "ControlNetModel_Union": UNION_CLASS,
+                  ADAPTER_CLASS: ADAPTER_CLASS}
+
+
+def _diffusers_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, _CLASS_ALIASES.get(name, name))
+
+
+def _folder_class(path: Path):
+    """The diffusers class a model folder's config.json names (ControlNet, union ControlNet, T2I-Adapter)."""
+    name = json.loads((path / "config.json").read_text()).get("_class_name", CONTROLNET_CLASS)
+    if name not in _KIND_OF_CLASS:
+        raise UnsupportedError("controlnet.model", f"{path.name} holds a {name}, not a ControlNet, union ControlNet "
+                                                   "or T2I-Adapter")
+    return _diffusers_class(name)
+
+
+def _load_with_config(path: Path, config_folder: Path, class_name: str, dtype: torch.dtype):
+    """A diffusers-keyed single file into the model its config folder describes (weights assigned, no init)."""
+    config = json.loads((config_folder / "config.json").read_text())
+    with torch.device("meta"):
+        model = _diffusers_class(class_name).from_config(config)
+    model.load_state_dict({k: v.to(dtype) for k, v in read_state_dict(path).items()}, strict=True, assign=True)
+    return model
+
+
+def load_adapter_file(path: Path, dtype: torch.dtype):
+    """A T2I-Adapter single file: TencentARC's original keys (what sd-webui-controlnet loads) or diffusers'
+    `adapter.*` keys, as diffusers' `T2IAdapter` (the SD1.5 full adapter; the config follows from the shapes)."""
+    from diffusers import T2IAdapter
+
+    state = read_state_dict(path)
+    if not any(key.startswith("adapter.") for key in state):
+        state = adapter_to_diffusers(state)
+    levels = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("adapter.body."))
+    channels = [state[f"adapter.body.{level}.resnets.0.block1.weight"].shape[0] for level in range(levels)]
+    blocks = 1 + max(int(key.split(".")[4]) for key in state if ".resnets." in key)
+    in_channels = state["adapter.conv_in.weight"].shape[1] // 64
+    if len(channels) != 4:
+        raise UnsupportedError("controlnet.model", f"{path.name}: only the SD1.5 full T2I-Adapter loads from a single "
+                                                   "file; use the diffusers folder of other adapters")
+    with torch.device("meta"):
+        model = T2IAdapter(in_channels=in_channels, channels=channels, num_res_blocks=blocks,
+                           adapter_type="full_adapter")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model
+
+
+def adapter_to_diffusers(state: dict[str, torch.Tensor], blocks: int = 2) -> dict[str, torch.Tensor]:
+    """TencentARC's `Adapter` keys (`body.{level·blocks + block}.block1`, `conv_in`) → diffusers' `FullAdapter`
+    (`adapter.body.{level}.resnets.{block}.block1`, `adapter.body.{level}.in_conv`), the inverse of
+    sd-webui-controlnet's diffusers → original renaming."""
+    converted = {}
+    for key, value in state.items():
+        if key.startswith("body."):
+            _, number, rest = key.split(".", 2)
+            level, block = divmod(int(number), blocks)
+            if rest.startswith("in_conv."):
+                converted[f"adapter.body.{level}.{rest}"] = value
+            else:
+                converted[f"adapter.body.{level}.resnets.{block}.{rest}"] = value
+        else:
+            converted[f"adapter.{key}"] = value
+    return converted

@@ -1,13 +1,33 @@
-"""The ControlNet preprocessors ("modules") this worker runs: names, aliases, sliders. No torch."""
+"""The ControlNet preprocessors ("modules") this worker runs: names, labels, sliders, tags. No torch.
+
+One table, `MODULES`, in sd-webui-controlnet v1.1.455's terms (`scripts/supported_preprocessor.py`,
+`scripts/preprocessor/*.py`, `scripts/preprocessor/legacy/preprocessor_compiled.py`): each row is a
+`ModuleSpec`. A module is found by its name (`module_list`), its UI label (`module_list?alias_names=true`) or an
+extra alias (Forge's spellings). How a map module draws its map is `engine.control.maps.registry`; which
+weights it loads is `engine.control.maps.annotators`. To add a module, add a row here (and a runner there).
+"""
 
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import NotFoundError, choices
+from engine.errors import NotFoundError, UnsupportedError, choices
 
 
 MAP = "map"  # the module draws an image the ControlNet is conditioned on
 FACE_EMBEDDING = "face_embedding"  # the module yields an identity vector for an IP-Adapter
+
+# Mask handling (`Preprocessor.accepts_mask` / `requires_mask`): "inpaint" modules read an RGBA input whose
+# alpha is the mask (white = repaint).
+NO_MASK, MASK_REQUIRED = "none", "required"
+
+# sd-webui-controlnet `ControlNetUnionControlType`, in its order: a union ControlNet (xinsir ProMax) reads the
+# control type's index; the type follows from the module's tag (`ControlNetUnionControlType.from_str`).
+UNION_TYPES = ("OpenPose", "Depth", "Soft Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint")
+_UNION_TYPE_OF_TAG = {
+    "openpose": "OpenPose", "depth": "Depth", "scribble": "Soft Edge", "softedge": "Soft Edge",
+    "canny": "Hard Edge", "lineart": "Hard Edge", "mlsd": "Hard Edge", "normalmap": "Normal Map",
+    "segmentation": "Segmentation", "tile": "Tile", "blur": "Tile", "inpaint": "Inpaint",
+}
 
 
 @dataclass(frozen=True)
@@ -18,7 +38,8 @@ class Slider:
     value: float  # the default, used for -1 and for anything outside [minimum, maximum]
     minimum: float
     maximum: float
-    step: float
+    step: float = 0.01  # `PreprocessorParameter`'s default step
+    visible: bool = True  # hidden sliders still bound-check the value but are not listed
 
     def pick(self, given: float) -> float:
         """sd-webui-controlnet `bound_check_params`: an out-of-range value (-1 = unset) becomes the default."""
@@ -29,61 +50,176 @@ class Slider:
                 "step": self.step}
 
 
-# sd-webui-controlnet's default resolution slider (`Preprocessor.slider_resolution`); the InstantID
-# preprocessors never override it, so 1024 is a valid processor_res there and -1 means 512.
-RESOLUTION = Slider("Resolution", 512, 128, 2048, 8)
+# `Preprocessor.slider_resolution`. Every legacy preprocessor keeps it (their `resolution` entry is stored
+# under another attribute), so all of them list it and read `processor_res`, bounded to 64..2048, default 512.
+RESOLUTION = Slider("Resolution", 512, 64, 2048, 8)
+# `PreprocessorParameter(visible=False)`: modules that ignore processor_res (invert, inpaint…).
+NO_RESOLUTION = Slider("EMPTY_LABEL", 0.5, 0.0, 1.0, visible=False)
+SHUFFLE_RESOLUTION = Slider("EMPTY_LABEL", 512, 0.0, 1.0, visible=False)  # "Fix res to 512"
+# `PreprocessorParameter(visible=False)` for an unused threshold slider: -1 becomes 0.5.
+UNUSED = Slider("EMPTY_LABEL", 0.5, 0.0, 1.0, visible=False)
 
 
 @dataclass(frozen=True)
 class ModuleSpec:
-    """One preprocessor: its sd-webui-controlnet name, other accepted names, output and sliders."""
+    """One preprocessor: sd-webui-controlnet's name and label, what it yields and its sliders."""
 
     name: str
-    output: str  # MAP or FACE_EMBEDDING
-    aliases: tuple[str, ...] = ()
-    resolution: Slider | None = None  # None: processor_res is not used
-    threshold_a: Slider | None = None
-    threshold_b: Slider | None = None
-    # sd-webui-controlnet `use_soft_projection_in_hr_fix`: the hires pass uses "My prompt is more important"
-    # scales whatever the unit's control mode (canny's thin edges otherwise produce artefacts when upscaled).
+    output: str = MAP  # MAP or FACE_EMBEDDING (other helpers add theirs)
+    label: str | None = None  # the UI label (`alias_names=true`); None: the name
+    aliases: tuple[str, ...] = ()  # other accepted spellings (Forge)
+    resolution: Slider = RESOLUTION
+    threshold_a: Slider = UNUSED
+    threshold_b: Slider = UNUSED
+    tags: tuple[str, ...] = ()
+    priority: int = 0  # `sorting_priority`: higher is listed first
+    mask: str = NO_MASK
+    annotator: str | None = None  # the weights it loads (`engine.control.maps.annotators`); None: none
+    # `use_soft_projection_in_hr_fix` (hook.py: "canny" and "mlsd" in the name): the hires pass uses "My prompt
+    # is more important" scales whatever the unit's control mode (thin lines otherwise give artefacts).
     soft_in_hires: bool = False
+    post: str | None = None  # a step after the UNet or the decode (inpaint_only, tile_colorfix, recolor)
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, self.title, *self.aliases)
+
+    @property
+    def is_inpaint(self) -> bool:
+        """sd-webui-controlnet `ControlNetUnit.is_inpaint`: "inpaint" in the module's name."""
+        return "inpaint" in self.name
+
+    @property
+    def union_type(self) -> str | None:
+        """The union ControlNet control type its first matching tag selects (None: none applies)."""
+        return next((_UNION_TYPE_OF_TAG[t.lower()] for t in self.tags if t.lower() in _UNION_TYPE_OF_TAG), None)
 
     @property
     def sliders(self) -> tuple[Slider, ...]:
-        return tuple(s for s in (self.resolution, self.threshold_a, self.threshold_b) if s is not None)
+        return tuple(s for s in (self.resolution, self.threshold_a, self.threshold_b) if s.visible)
 
     def detail(self) -> dict[str, Any]:
         """The `module_detail` entry of `/controlnet/module_list`."""
         return {"model_free": False, "sliders": [slider.api_json() for slider in self.sliders]}
 
 
-# In the order sd-webui-controlnet's `/controlnet/module_list` lists them.
-MODULES: dict[str, ModuleSpec] = {
-    spec.name: spec
-    for spec in (
-        # Forge spells it "None"; the map is the input image itself.
-        ModuleSpec("none", MAP),
-        ModuleSpec("canny", MAP, resolution=RESOLUTION,
-                   threshold_a=Slider("Low Threshold", 100, 1, 255, 1),
-                   threshold_b=Slider("High Threshold", 200, 1, 255, 1),
-                   soft_in_hires=True),
-        ModuleSpec("instant_id_face_keypoints", MAP, resolution=RESOLUTION),
-        # "InsightFace (InstantID)" is Forge's name for the same preprocessor (`forge_ipadapter.py`).
-        ModuleSpec("instant_id_face_embedding", FACE_EMBEDDING, aliases=("InsightFace (InstantID)",),
-                   resolution=RESOLUTION),
-    )
+def _depth(name, **kw):
+    return ModuleSpec(name, tags=("Depth",), **kw)
+
+
+def _pose(name, **kw):
+    return ModuleSpec(name, tags=("OpenPose",), annotator=kw.pop("annotator", "openpose"), **kw)
+
+
+LERES_NEAR = Slider("Remove Near %", 0, 0, 100, 0.1)
+LERES_BACKGROUND = Slider("Remove Background %", 0, 0, 100, 0.1)
+GAMMA = Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)
+VARIATION = Slider("Variation", 8.0, 3.0, 32.0, 1.0)
+
+_ROWS = (
+    # Forge spells it "None"; the map is the input image itself.
+    ModuleSpec("none", tags=("InstructP2P",), priority=10, aliases=("None",)),
+    ModuleSpec("canny", tags=("Canny",), priority=100, soft_in_hires=True,
+               threshold_a=Slider("Low Threshold", 100, 1, 255, 1),
+               threshold_b=Slider("High Threshold", 200, 1, 255, 1)),
+    ModuleSpec("invert", label="invert (from white bg & black line)", resolution=NO_RESOLUTION, priority=20,
+               tags=("Canny", "Lineart", "Scribble", "MLSD")),
+    ModuleSpec("blur_gaussian", tags=("Tile",), threshold_a=Slider("Sigma", 9.0, 0.01, 64.0)),
+    ModuleSpec("scribble_xdog", tags=("Scribble", "SparseCtrl"), threshold_a=Slider("XDoG Threshold", 32, 1, 64)),
+    ModuleSpec("shuffle", tags=("Shuffle",), resolution=SHUFFLE_RESOLUTION),
+    ModuleSpec("tile_resample", tags=("Tile",), priority=100,
+               threshold_a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0)),
+    ModuleSpec("tile_colorfix", tags=("Tile",), threshold_a=VARIATION, post="colorfix"),
+    ModuleSpec("tile_colorfix+sharp", tags=("Tile",), threshold_a=VARIATION,
+               threshold_b=Slider("Sharpness", 1.0, 0.0, 2.0), post="colorfix"),
+    ModuleSpec("recolor_luminance", tags=("Recolor",), priority=100, threshold_a=GAMMA, post="recolor"),
+    ModuleSpec("recolor_intensity", tags=("Recolor",), threshold_a=GAMMA, post="recolor"),
+    ModuleSpec("threshold", threshold_a=Slider("Binarization Threshold", 127, 0, 255)),
+    ModuleSpec("color", label="t2ia_color_grid", tags=("T2I-Adapter",)),
+    ModuleSpec("lineart_standard", label="lineart_standard (from white bg & black line)", tags=("Lineart",),
+               priority=100),
+    ModuleSpec("inpaint", label="inpaint_global_harmonious", resolution=NO_RESOLUTION, tags=("Inpaint",),
+               mask=MASK_REQUIRED),
+    ModuleSpec("inpaint_only", resolution=NO_RESOLUTION, tags=("Inpaint",), priority=100, mask=MASK_REQUIRED,
+               post="inpaint_only"),
+    ModuleSpec("inpaint_only+lama", resolution=NO_RESOLUTION, tags=("Inpaint",), mask=MASK_REQUIRED,
+               annotator="lama", post="inpaint_only"),
+    # Weights from the annotator folder (controlnet_aux's detectors, spandrel's LaMa).
+    _depth("depth", label="depth_midas", priority=100, annotator="midas"),
+    ModuleSpec("normal_map", label="normal_midas", tags=("NormalMap",), annotator="midas",
+               threshold_a=Slider("Normal Background Threshold", 0.4, 0.0, 1.0)),
+    _depth("depth_zoe", annotator="zoedepth"),
+    _depth("depth_leres", annotator="leres", threshold_a=LERES_NEAR, threshold_b=LERES_BACKGROUND),
+    _depth("depth_leres++", annotator="leres", threshold_a=LERES_NEAR, threshold_b=LERES_BACKGROUND),
+    _pose("openpose"),
+    _pose("openpose_face"),
+    _pose("openpose_faceonly"),
+    _pose("openpose_full", priority=100),
+    _pose("openpose_hand"),
+    ModuleSpec("lineart", label="lineart_realistic", tags=("Lineart",), annotator="lineart"),
+    ModuleSpec("lineart_coarse", tags=("Lineart",), annotator="lineart"),
+    ModuleSpec("lineart_anime", tags=("Lineart",), annotator="lineart_anime"),
+    ModuleSpec("hed", label="softedge_hed", tags=("SoftEdge",), annotator="hed"),
+    ModuleSpec("hed_safe", label="softedge_hedsafe", tags=("SoftEdge",), annotator="hed"),
+    ModuleSpec("pidinet", label="softedge_pidinet", tags=("SoftEdge",), priority=100, annotator="pidinet"),
+    ModuleSpec("pidinet_safe", label="softedge_pidisafe", tags=("SoftEdge",), annotator="pidinet"),
+    ModuleSpec("scribble_hed", tags=("Scribble", "SparseCtrl"), annotator="hed"),
+    ModuleSpec("pidinet_scribble", label="scribble_pidinet", tags=("Scribble", "SparseCtrl"), priority=100,
+               annotator="pidinet"),
+    ModuleSpec("pidinet_sketch", label="t2ia_sketch_pidi", tags=("T2I-Adapter",), annotator="pidinet"),
+    ModuleSpec("mlsd", tags=("MLSD",), priority=100, annotator="mlsd", soft_in_hires=True,
+               threshold_a=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0),
+               threshold_b=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0)),
+    ModuleSpec("normal_bae", tags=("NormalMap",), priority=100, annotator="normal_bae"),
+    ModuleSpec("instant_id_face_keypoints", tags=("Instant-ID",)),
+    # "InsightFace (InstantID)" is Forge's name for the same preprocessor (`forge_ipadapter.py`).
+    ModuleSpec("instant_id_face_embedding", FACE_EMBEDDING, aliases=("InsightFace (InstantID)",),
+               tags=("Instant-ID",)),
+)
+MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in _ROWS}
+
+# sd-webui-controlnet modules this worker does not run (no maintained library has their models in the
+# extension's format): named in the error so a client knows it is not a typo.
+NOT_SUPPORTED: dict[str, str] = {
+    **dict.fromkeys(("oneformer_ade20k", "seg_ofade20k", "oneformer_coco", "seg_ofcoco", "segmentation",
+                     "seg_ufade20k", "anime_face_segment", "seg_anime_face", "mobile_sam"),
+                    "segmentation (OneFormer / UniFormer / anime face / MobileSAM)"),
+    **dict.fromkeys(("densepose", "densepose_parula"), "DensePose"),
+    **dict.fromkeys(("animal_openpose", "dw_openpose_full"), "DWPose / RTMPose ONNX pose"),
+    **dict.fromkeys(("depth_anything", "depth_anything_v2"), "Depth Anything"),
+    **dict.fromkeys(("lineart_anime_denoise", "depth_hand_refiner", "mediapipe_face", "teed", "softedge_teed",
+                     "softedge_anyline", "normal_dsine", "t2ia_style_clipvision", "clip_vision"),
+                    "this preprocessor"),
+    **dict.fromkeys(("reference_only", "reference_adain", "reference_adain+attn"), "reference-only attention"),
+    **dict.fromkeys(("revision_clipvision", "revision_ignore_prompt"), "ReVision"),
 }
 
 
 def find_module(name: Any, field: str) -> ModuleSpec:
-    """The module called `name` (its name or an alias, any letter case).
+    """The module called `name`: its name, label or an alias, any letter case (sd-webui-controlnet's
+    `get_preprocessor` looks up labels, then names).
 
     Raises:
+        UnsupportedError: a module of sd-webui-controlnet this worker does not run.
         NotFoundError: an unknown module, listing the supported names.
     """
     wanted = str(name).strip().lower()
     for spec in MODULES.values():
-        if wanted in (spec.name, *(alias.lower() for alias in spec.aliases)):
+        if wanted in (n.lower() for n in spec.names):
             return spec
-    known = [name for spec in MODULES.values() for name in (spec.name, *spec.aliases)]
+    if wanted in NOT_SUPPORTED:
+        raise UnsupportedError(field, f"ControlNet module {name!r} ({NOT_SUPPORTED[wanted]}) is not supported; "
+                                      f"supported: {choices(MODULES)}")
+    known = [name for spec in MODULES.values() for name in dict.fromkeys(spec.names)]
     raise NotFoundError(field, f"unknown ControlNet module {name!r}; supported: {choices(known)}")
+
+
+def sorted_modules() -> list[ModuleSpec]:
+    """sd-webui-controlnet `get_sorted_preprocessors`: "none" first, then by priority and label, descending."""
+    rest = [spec for spec in MODULES.values() if spec.name != "none"]
+    ordered = sorted(rest, key=lambda spec: str(spec.priority).zfill(8) + spec.title, reverse=True)
+    return [MODULES["none"], *ordered]

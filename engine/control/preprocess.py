@@ -1,6 +1,6 @@
-"""Control maps: the preprocessors (none, canny, InstantID keypoints) and fitting a map to a pass's size with
-the unit's resize mode, as sd-webui-controlnet's `resize_image_with_pad`, `detectmap_proc` and pixel perfect
-do. No torch."""
+"""Control-map geometry: the preprocessors' resize with pad, fitting a map to a pass's size with the unit's
+resize mode, and pixel perfect, as sd-webui-controlnet's `resize_image_with_pad`, `detectmap_proc` and
+`pixel_perfect_resolution` do; InstantID's face finder and keypoint map. No torch."""
 
 import hashlib
 from collections.abc import Callable
@@ -44,13 +44,6 @@ def resize_with_pad(image: np.ndarray, resolution: int) -> tuple[np.ndarray, Cal
     return np.ascontiguousarray(padded), remove_pad
 
 
-def canny_map(image: np.ndarray, resolution: int, low: float, high: float) -> np.ndarray:
-    """sd-webui-controlnet's canny: OpenCV Canny on the padded image at `resolution`, white edges on black."""
-    padded, remove_pad = resize_with_pad(image, resolution)
-    edges = cv2.Canny(padded, int(low), int(high))
-    return remove_pad(np.repeat(edges[:, :, None], 3, axis=2))
-
-
 @dataclass(frozen=True)
 class FaceAnalysis:
     """The chosen face as the preprocessor saw the image: resized (short side = resolution) and padded."""
@@ -78,33 +71,11 @@ class FaceFinder:
         return self._found[key]
 
 
-def detect_map(module: str, image: np.ndarray, resolution: int, thresholds: tuple[float, float],
-               faces: FaceFinder, field: str) -> np.ndarray:
-    """The map a map-producing module draws from an RGB image (HWC uint8, at the preprocessor's scale)."""
-    if module not in _MAP_BUILDERS:
-        raise ValueError(f"module {module!r} draws no map; map modules: {choices(_MAP_BUILDERS)}")
-    return _MAP_BUILDERS[module](image, resolution, thresholds, faces, field)
-
-
-def _map_none(image: np.ndarray, resolution: int, thresholds, faces: FaceFinder, field: str) -> np.ndarray:
-    return image
-
-
-def _map_canny(image: np.ndarray, resolution: int, thresholds, faces: FaceFinder, field: str) -> np.ndarray:
-    return canny_map(image, resolution, *thresholds)
-
-
-def _map_keypoints(image: np.ndarray, resolution: int, thresholds, faces: FaceFinder, field: str) -> np.ndarray:
-    """Keypoints drawn on the padded image's canvas, then the pad cut off (the map is at processor scale)."""
+def keypoint_map(image: np.ndarray, resolution: int, faces: FaceFinder, field: str) -> np.ndarray:
+    """InstantID's keypoints drawn on the padded image's canvas, then the pad cut off (the map is at processor
+    scale)."""
     found = faces(image, resolution, field)
     return found.remove_pad(draw_keypoints(*found.padded_size, found.face.keypoints))
-
-
-_MAP_BUILDERS: dict[str, Callable[..., np.ndarray]] = {
-    "none": _map_none,
-    "canny": _map_canny,
-    "instant_id_face_keypoints": _map_keypoints,
-}
 
 
 def pixel_perfect_resolution(image_size: tuple[int, int], target_size: tuple[int, int], resize_mode: str) -> int:
@@ -118,60 +89,87 @@ def pixel_perfect_resolution(image_size: tuple[int, int], target_size: tuple[int
 
 def fit_map(detected: np.ndarray, resize_mode: str, width: int, height: int) -> np.ndarray:
     """The map at exactly width × height (`detectmap_proc`): stretched (Just Resize), scaled to cover and
-    centre-cropped (Crop and Resize), or scaled to fit and centred on the border's median colour (Resize and Fill)."""
+    centre-cropped (Crop and Resize), or scaled to fit and centred on the border's median colour (Resize and Fill).
+
+    An inpaint map (RGBA, alpha = mask) has its mask resized alongside, then thresholded at 127 to 0 / 255;
+    "Resize and Fill" fills the border with a masked (255) alpha, as sd-webui-controlnet's inpaint hijack does.
+    """
     if resize_mode not in _FITS:
         raise ValueError(f"unknown resize mode {resize_mode!r}; valid: {choices(_FITS)}")
+    if detected.ndim == 3 and detected.shape[2] == 4:
+        colour = _FITS[resize_mode](detected[:, :, :3], width, height)
+        mask = _FITS[resize_mode](np.repeat(detected[:, :, 3:], 3, axis=2), width, height, fill=255,
+                                  interpolation=_interpolation(detected[:, :, :3], width, height))
+        mask = np.where(mask[:, :, :1] > 127, 255, 0).astype(np.uint8)
+        return np.ascontiguousarray(np.concatenate([colour, mask], axis=2))
     return np.ascontiguousarray(_FITS[resize_mode](detected, width, height))
 
 
-def _stretch(detected: np.ndarray, width: int, height: int) -> np.ndarray:
-    return _resize_map(detected, width, height)
+def _stretch(detected: np.ndarray, width: int, height: int, fill=None, interpolation=None) -> np.ndarray:
+    return _resize_map(detected, width, height, interpolation)
 
 
-def _cover_and_crop(detected: np.ndarray, width: int, height: int) -> np.ndarray:
+def _cover_and_crop(detected: np.ndarray, width: int, height: int, fill=None, interpolation=None) -> np.ndarray:
     old_h, old_w = detected.shape[:2]
     scale = max(height / old_h, width / old_w)
-    scaled = _resize_map(detected, int(np.round(old_w * scale)), int(np.round(old_h * scale)))
+    scaled = _resize_map(detected, int(np.round(old_w * scale)), int(np.round(old_h * scale)), interpolation)
     top, left = max(0, (scaled.shape[0] - height) // 2), max(0, (scaled.shape[1] - width) // 2)
     return scaled[top : top + height, left : left + width]
 
 
-def _fit_and_fill(detected: np.ndarray, width: int, height: int) -> np.ndarray:
+def _fit_and_fill(detected: np.ndarray, width: int, height: int, fill=None, interpolation=None) -> np.ndarray:
     old_h, old_w = detected.shape[:2]
     scale = min(height / old_h, width / old_w)
     borders = np.concatenate([detected[0], detected[-1], detected[:, 0], detected[:, -1]], axis=0)
-    canvas = np.tile(np.median(borders, axis=0).astype(detected.dtype)[None, None], [height, width, 1])
-    scaled = _resize_map(detected, int(np.round(old_w * scale)), int(np.round(old_h * scale)))
+    background = np.median(borders, axis=0).astype(detected.dtype) if fill is None else np.full(3, fill, np.uint8)
+    canvas = np.tile(background[None, None], [height, width, 1])
+    scaled = _resize_map(detected, int(np.round(old_w * scale)), int(np.round(old_h * scale)), interpolation)
     top, left = max(0, (height - scaled.shape[0]) // 2), max(0, (width - scaled.shape[1]) // 2)
     canvas[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
     return canvas
 
 
-_FITS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+_FITS: dict[str, Callable[..., np.ndarray]] = {
     JUST_RESIZE: _stretch,
     CROP_AND_RESIZE: _cover_and_crop,
     RESIZE_AND_FILL: _fit_and_fill,
 }
 
 
-def _resize_map(detected: np.ndarray, width: int, height: int) -> np.ndarray:
-    """sd-webui-controlnet `high_quality_resize`: nearest-neighbour for maps of a few flat colours, area when
-    shrinking, cubic when enlarging; a black-and-white map stays black-and-white (Otsu threshold).
+def _interpolation(detected: np.ndarray, width: int, height: int) -> int:
+    """`high_quality_resize`'s choice: nearest-neighbour for maps of a few flat colours, area when shrinking,
+    cubic when enlarging."""
+    colours = _colour_count(detected)
+    if FEW_COLOURS[0] < colours < FEW_COLOURS[1]:
+        return cv2.INTER_NEAREST
+    shrinking = width * height < detected.shape[0] * detected.shape[1]
+    return cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+
+
+def _resize_map(detected: np.ndarray, width: int, height: int, interpolation: int | None = None) -> np.ndarray:
+    """sd-webui-controlnet `high_quality_resize` (see `_interpolation`); a black-and-white map stays black and
+    white (Otsu threshold). `interpolation` forces the choice (an inpaint mask follows its image's).
 
     Unlike sd-webui-controlnet, one-pixel edge maps are not re-thinned after enlarging (its `lvmin_thin`).
     """
     if detected.shape[:2] == (height, width):
         return detected
-    colours = len(np.unique(detected.reshape(-1, detected.shape[2]), axis=0))
-    shrinking = width * height < detected.shape[0] * detected.shape[1]
-    if FEW_COLOURS[0] < colours < FEW_COLOURS[1]:
-        interpolation = cv2.INTER_NEAREST
-    else:
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    resized = cv2.resize(detected, (width, height), interpolation=interpolation)
-    binary = colours == 2 and detected.min() < BINARY_DARK and detected.max() > BINARY_BRIGHT
+    if interpolation is not None:
+        return cv2.resize(detected, (width, height), interpolation=interpolation)
+    resized = cv2.resize(detected, (width, height), interpolation=_interpolation(detected, width, height))
+    binary = _colour_count(detected) == 2 and detected.min() < BINARY_DARK and detected.max() > BINARY_BRIGHT
     if binary:
         grey = np.mean(resized.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
         _, grey = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         resized = np.repeat(grey[:, :, None], 3, axis=2)
     return resized
+
+
+def _colour_count(detected: np.ndarray) -> int:
+    """The number of distinct colours (`get_unique_axis0`), with each RGB pixel packed into one integer: sorting
+    a million rows as tuples takes seconds, as integers milliseconds."""
+    pixels = detected.reshape(-1, detected.shape[2]).astype(np.uint32)
+    packed = pixels[:, 0]
+    for channel in range(1, pixels.shape[1]):
+        packed = (packed << 8) | pixels[:, channel]
+    return len(np.unique(packed))

@@ -1,6 +1,7 @@
 """A request's ControlNet/InstantID units made ready once: models resolved and loaded, maps drawn, the face
 embedded. Then the IP-Adapter is installed around the generation and each denoising pass gets its stack."""
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -10,12 +11,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.control import hints
+from engine.control.effects import noised_start
 from engine.control.instantid import FaceTokens, InstalledAdapter, ip_adapter_installed
-from engine.control.models import ControlModels
-from engine.control.preprocess import FaceFinder, detect_map, fit_map, pixel_perfect_resolution, to_rgb_array
-from engine.control.residuals import ControlNetPass, ControlStack, GuidanceClock, IpAdapterPass
-from engine.control.units import BALANCED, CONTROL_MORE_IMPORTANT, ControlUnit
+from engine.control.maps.registry import MapTools, detect_map
+from engine.control.models import ADAPTER, UNION, ControlModels, model_kind
+from engine.control.modules import UNION_TYPES
+from engine.control.preprocess import FaceFinder, fit_map, pixel_perfect_resolution
+from engine.control.residuals import AdapterPass, ControlNetPass, ControlStack, GuidanceClock, IpAdapterPass
+from engine.control.units import BALANCED, CONTROL_MORE_IMPORTANT, RESIZE_AND_FILL, ControlUnit
 from engine.errors import RequestError
+from engine.sampling.model_schedule import alphas_cumprod_from_config
 
 
 logger = logging.getLogger(__name__)
@@ -26,8 +32,8 @@ Size = tuple[int, int]  # (width, height) in pixels
 @dataclass(frozen=True)
 class MapUnit:
     unit: ControlUnit
-    model: torch.nn.Module  # ControlNetModel
-    detected: np.ndarray  # the preprocessor's map (HWC uint8 RGB), before fitting to a pass size
+    model: torch.nn.Module  # ControlNetModel, ControlNetUnionModel or T2IAdapter
+    detected: np.ndarray  # the preprocessor's map (HWC uint8 RGB; RGBA for inpaint), before fitting
 
 
 @dataclass(frozen=True)
@@ -41,11 +47,13 @@ class ControlRequest:
     """Prepared units of one request. Use `applied(unet)` around the passes and `stack_for_pass` per pass."""
 
     def __init__(self, map_units: Sequence[MapUnit], face_unit: FaceUnit | None,
-                 detected_maps: list[Image.Image], notes: list[str]):
+                 detected_maps: list[Image.Image], notes: list[str], seed: int = 0):
         self.map_units = tuple(map_units)
         self.face_unit = face_unit
         self.detected_maps = detected_maps  # appended to the response's images after the results
         self.notes = notes  # e.g. a model found by name whose hash differs from the requested one
+        self.seed = seed  # draws the VAE posterior samples of control images (inpaint_only, colorfix, lama)
+        self.model_calls = 0  # ControlNet / adapter forwards, for the benchmarks
         self._adapters: dict[int, InstalledAdapter] = {}  # by id() of the UNet, while `applied`
         self._tokens: FaceTokens | None = None
 
@@ -68,7 +76,7 @@ class ControlRequest:
                 self._tokens = None
 
     def stack_for_pass(self, unet, width: int, height: int, steps: int, second_order: bool = False,
-                       hires: bool = False) -> ControlStack:
+                       hires: bool = False, pipe=None) -> ControlStack:
         """The control stack for one pass at width × height running `steps` sampler steps.
 
         Args:
@@ -76,30 +84,96 @@ class ControlRequest:
             width, height: the pass's image size in pixels (hires fix: the hires size).
             steps: sampler steps this pass runs; second_order: two model calls per step.
             hires: the second pass of hires fix (unit `hr_option`, canny's soft hires scales).
+            pipe: the pass's pipeline: its VAE encodes control images for inpaint_only / tile_colorfix, its
+                scheduler config gives ᾱ(t) for their blends.
         """
         adapter = self._adapters.get(id(unet))
         if self.face_unit is not None and adapter is None:
             raise RuntimeError("stack_for_pass needs the IP-Adapter in this UNet: call it inside applied(unet)")
-        controlnets = [self._controlnet_pass(item, unet, (width, height), hires)
-                       for item in self.map_units if item.unit.runs_in(hires)]
+        active = [item for item in self.map_units if item.unit.runs_in(hires)]
+        controlnets, adapters, blends = [], [], []
+        for item in active:
+            fitted = fit_map(item.detected, item.unit.resize_mode, width, height)
+            if model_kind(item.model) == ADAPTER:
+                adapters.append(self._adapter_pass(item, unet, fitted, hires))
+            else:
+                controlnets.append(self._controlnet_pass(item, unet, fitted, hires))
+            if item.unit.module.post in ("inpaint_only", "colorfix"):
+                blends.append(self._blend(item, fitted, pipe, hires))
         ip_adapter = None
         if self.face_unit is not None:
             unit = self.face_unit.unit
             ip_adapter = IpAdapterPass(adapter, self.face_unit.embedding, unit.weight,
                                        unit.guidance_start, unit.guidance_end, runs=unit.runs_in(hires))
-        return ControlStack(controlnets, ip_adapter, GuidanceClock(steps, 2 if second_order else 1))
+        alphas = alphas_cumprod_from_config(dict(pipe.scheduler.config)) if blends else None
+        clock = GuidanceClock(steps, 2 if second_order else 1)
+        return ControlStack(controlnets, ip_adapter, clock, adapters, blends, alphas)
 
-    def _controlnet_pass(self, item: MapUnit, unet, size: Size, hires: bool) -> ControlNetPass:
+    def initial_noise(self, noise: torch.Tensor, pipe) -> torch.Tensor:
+        """inpaint_only+lama: the first pass's noise starts from the LaMa-filled image (`HackedImageRNG`)."""
+        for item in self.map_units:
+            if item.unit.module.name == "inpaint_only+lama" and item.unit.runs_in(False):
+                height, width = noise.shape[-2] * pipe.vae_scale_factor, noise.shape[-1] * pipe.vae_scale_factor
+                fitted = fit_map(item.detected, item.unit.resize_mode, width, height)
+                origin = hints.encode_hint(pipe, fitted, self.seed)
+                return noised_start(noise, origin, alphas_cumprod_from_config(dict(pipe.scheduler.config)))
+        return noise
+
+    def postprocess(self, images: list[Image.Image], width: int, height: int) -> list[Image.Image]:
+        """Decoded images after the units' pixel steps (inpaint_only, recolor), before any inpaint paste-back
+        (sd-webui-controlnet's `postprocess_batch`), with the maps fitted to the final size."""
+        posts = [hints.pixel_post(item.unit.module, fit_map(item.detected, item.unit.resize_mode, width, height))
+                 for item in self.map_units]
+        posts = [post for post in posts if post is not None]
+        if not posts:
+            return images
+        done = []
+        for image in images:
+            values = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            for post in posts:
+                values = post.apply(values)
+            done.append(Image.fromarray((values * 255.0).astype(np.uint8)))
+        return done
+
+    def _controlnet_pass(self, item: MapUnit, unet, fitted: np.ndarray, hires: bool) -> ControlNetPass:
         unit, model = item.unit, item.model
         face_tokens = self._face_tokens() if unit.is_instant_id_controlnet else None
         _check_fits(unit, model, unet, face_tokens)
-        fitted = fit_map(item.detected, unit.resize_mode, *size)
-        hint = torch.from_numpy(fitted).permute(2, 0, 1)[None].to(model.device, torch.float32) / 255.0
+        union = None
+        if model_kind(model) == UNION:
+            if unit.union_type is None:
+                raise RequestError(unit.field("union_control_type"), f"a union ControlNet needs a control type; "
+                                   f"module {unit.module.name!r} has none: send one of {', '.join(UNION_TYPES)}")
+            union = UNION_TYPES.index(unit.union_type)
+        hint = hints.model_hint(fitted).to(model.device, model.dtype)
+        pooled = bool(getattr(model.config, "global_pool_conditions", False))
         return ControlNetPass(
-            model=model, hint=hint.to(model.dtype), weight=unit.weight,
-            start=unit.guidance_start, end=unit.guidance_end,
-            soft=unit.control_mode != BALANCED or (hires and unit.module.soft_in_hires),
-            cond_only=unit.control_mode == CONTROL_MORE_IMPORTANT, face_tokens=face_tokens)
+            model=_Counted(model, self), hint=hint, weight=unit.weight,
+            start=unit.guidance_start, end=unit.guidance_end, soft=_soft(unit, hires),
+            cond_only=unit.control_mode == CONTROL_MORE_IMPORTANT or pooled, face_tokens=face_tokens,
+            union_type=union)
+
+    def _adapter_pass(self, item: MapUnit, unet, fitted: np.ndarray, hires: bool) -> AdapterPass:
+        unit, model = item.unit, item.model
+        levels = tuple(unet.config.block_out_channels)
+        if tuple(model.config.channels[: len(levels)]) != levels:
+            raise RequestError(unit.field("model"), f"{unit.model!r} does not fit this checkpoint (a T2I-Adapter "
+                                                    "for another model family, e.g. SD1.5 vs SDXL)")
+        hint = hints.model_hint(fitted)
+        if model.config.in_channels == 1:
+            hint = hint[:, :1]  # sketch / canny adapters read one grey channel
+        with torch.no_grad():
+            self.model_calls += 1
+            features = model(hint.to(model.device, model.dtype))
+        return AdapterPass(tuple(features), unit.weight, unit.guidance_start, unit.guidance_end,
+                           soft=_soft(unit, hires), cond_only=unit.control_mode == CONTROL_MORE_IMPORTANT)
+
+    def _blend(self, item: MapUnit, fitted: np.ndarray, pipe, hires: bool):
+        if pipe is None:
+            raise RuntimeError(f"module {item.unit.module.name!r} needs the pass's pipeline (its VAE)")
+        unit = item.unit
+        origin = hints.encode_hint(pipe, fitted, self.seed)
+        return hints.unet_blend(unit.module, fitted, origin, unit.weight, unit.threshold_a, unit.threshold_b, hires)
 
     def _face_tokens(self) -> FaceTokens:
         """The face's image tokens (and the zero embedding's), projected once by the adapter's Resampler (the
@@ -111,12 +185,13 @@ class ControlRequest:
 
 
 def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels, size: Size,
-                    hires_size: Size | None = None) -> ControlRequest:
+                    hires_size: Size | None = None, seed: int = 0) -> ControlRequest:
     """Resolve, load and preprocess every unit (before any denoising, so a bad name or a faceless image fails
-    fast). `size` is the first pass's (width, height); `hires_size` the hires pass's, when hires fix runs.
+    fast). `size` is the first pass's (width, height); `hires_size` the hires pass's, when hires fix runs;
+    `seed` sd-webui-controlnet's NumPy seed (shuffle) and the control images' VAE samples.
 
     Raises:
-        NotFoundError: an unknown model (listing the available ones) or missing face models.
+        NotFoundError: an unknown model (listing the available ones), missing face or annotator models.
         RequestError: no face on an InstantID image.
     """
     notes: list[str] = []
@@ -124,20 +199,44 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
     map_units, face_unit, maps = [], None, []
     for unit in units:
         entry = _resolve_model(unit, catalog, notes)
-        image = to_rgb_array(unit.image)
+        image = hints.unit_input(unit.image, unit.mask)
+        if unit.module.name == "inpaint_only+lama" and unit.resize_mode == RESIZE_AND_FILL:
+            # "inpaint_only+lama is special and required outpaint fix": the input is first fitted to the final
+            # size with its border masked, so that LaMa fills the border too.
+            image = fit_map(image, RESIZE_AND_FILL, *(hires_size or size))
         resolution = (pixel_perfect_resolution(unit.image.size, size, unit.resize_mode)
                       if unit.pixel_perfect else unit.processor_res)
         if unit.is_face_embedding:
-            face = faces(image, resolution, unit.field("image")).face
+            face = faces(image, int(resolution), unit.field("image")).face
             face_unit = FaceUnit(unit, models.ip_adapter(entry.path), torch.from_numpy(face.embedding.copy()))
             continue
-        detected = detect_map(unit.module.name, image, resolution, (unit.threshold_a, unit.threshold_b), faces,
-                              unit.field("image"))
+        tools = MapTools(functools.partial(models.annotator, field=unit.field("module")), faces,
+                         seed=seed & 0xFFFFFFFF, field=unit.field("image"))
+        detected = detect_map(unit.module.name, image, resolution, (unit.threshold_a, unit.threshold_b), tools)
         map_units.append(MapUnit(unit, models.controlnet(entry.path), detected))
         if unit.save_detected_map:
             # sd-webui-controlnet stores the hires map first, then the first pass's.
-            maps += [Image.fromarray(fit_map(detected, unit.resize_mode, *s)) for s in (hires_size, size) if s]
-    return ControlRequest(map_units, face_unit, maps, notes)
+            maps += [hints.display_map(fit_map(detected, unit.resize_mode, *s)) for s in (hires_size, size) if s]
+    return ControlRequest(map_units, face_unit, maps, notes, seed)
+
+
+def _soft(unit: ControlUnit, hires: bool) -> bool:
+    """Soft injection: any mode but Balanced, and canny / mlsd in the hires pass (`hook.py`)."""
+    return unit.control_mode != BALANCED or (hires and unit.module.soft_in_hires)
+
+
+class _Counted:
+    """A control model that counts its forwards into the request (the benchmarks compare counts)."""
+
+    def __init__(self, model, request: ControlRequest):
+        self._model, self._request = model, request
+
+    def __call__(self, *args, **kwargs):
+        self._request.model_calls += 1
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
 
 
 def _resolve_model(unit: ControlUnit, catalog, notes: list[str]):

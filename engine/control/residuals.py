@@ -68,16 +68,18 @@ class RowLayout:
 
 @dataclass(frozen=True)
 class ControlNetPass:
-    """One ControlNet unit in one pass: the model, its hint at this pass's size and how its output is scaled."""
+    """One ControlNet (or union ControlNet) unit in one pass: the model, its hint at this pass's size and how its
+    output is scaled."""
 
-    model: torch.nn.Module  # a diffusers ControlNetModel
-    hint: torch.Tensor  # (1, 3, height, width) in [0, 1], on the model's device and dtype
+    model: torch.nn.Module  # a diffusers ControlNetModel or ControlNetUnionModel
+    hint: torch.Tensor  # (1, 3, height, width) in [0, 1] (inpaint: −1 where masked), model device and dtype
     weight: float
     start: float
     end: float
     soft: bool  # "My prompt is more important" / "ControlNet is more important" (and canny's hires pass)
-    cond_only: bool  # "ControlNet is more important": uncond rows get no control
+    cond_only: bool  # "ControlNet is more important" or a pooled (shuffle) model: uncond rows get no control
     face_tokens: FaceTokens | None = None  # InstantID: the ControlNet attends to these, not to the prompt
+    union_type: int | None = None  # a union ControlNet's control-type index (ProMax order)
 
     def active(self, fraction: float) -> bool:
         return self.start <= fraction <= self.end
@@ -100,22 +102,62 @@ class ControlNetPass:
         else:
             context = context.index_select(0, index)
         added_rows = {key: value.index_select(0, index).to(dtype) for key, value in added.items()} if added else None
+        hint = self.hint.expand(len(chosen), -1, -1, -1)
+        extra = {"controlnet_cond": hint, "guess_mode": False}
+        if self.union_type is not None:
+            # diffusers' `ControlNetUnionModel`: one condition with its type, the type one-hot per row.
+            types = torch.zeros((len(chosen), self.model.config.num_control_type), device=x.device, dtype=dtype)
+            types[:, self.union_type] = 1
+            extra = {"controlnet_cond": [hint], "control_type": types, "control_type_idx": [self.union_type]}
         down, mid = self.model(
             x.index_select(0, index).to(dtype),
             t,
             encoder_hidden_states=context.to(dtype),
-            controlnet_cond=self.hint.expand(len(chosen), -1, -1, -1),
             conditioning_scale=1.0,  # the per-residual scales below replace it
-            guess_mode=False,  # diffusers' guess mode scales by logspace(-1, 0), not A1111's factors
             added_cond_kwargs=added_rows,
             return_dict=False,
+            **extra,  # guess_mode off: diffusers' scales by logspace(-1, 0), not A1111's factors
         )
-        outputs = [*down, mid]
-        scaled = [output * scale for output, scale in zip(outputs, self.scales(len(outputs)), strict=True)]
-        if len(chosen) == len(rows):
-            return scaled
-        return [torch.zeros((len(rows), *output.shape[1:]), dtype=output.dtype, device=output.device)
-                .index_copy(0, index, output) for output in scaled]
+        return _spread([*down, mid], self.scales(len(down) + 1), index, len(rows))
+
+
+# sd-webui-controlnet `hook.py`: a T2I-Adapter's soft-injection factors, one per feature level.
+ADAPTER_SOFT = (0.25, 0.62, 0.825, 1.0)
+
+
+@dataclass(frozen=True)
+class AdapterPass:
+    """One T2I-Adapter unit in one pass: its features (computed once: they depend on the hint only) and how they
+    are scaled; diffusers adds them inside the UNet's down blocks (`down_intrablock_additional_residuals`)."""
+
+    features: tuple[torch.Tensor, ...]  # one (1, C, h, w) per level
+    weight: float
+    start: float
+    end: float
+    soft: bool
+    cond_only: bool
+
+    def active(self, fraction: float) -> bool:
+        return self.start <= fraction <= self.end
+
+    def residuals(self, rows: RowLayout, device: torch.device) -> list[torch.Tensor] | None:
+        chosen = [row for row, cond in enumerate(rows.cond) if cond or not self.cond_only]
+        if not chosen:
+            return None
+        factors = ADAPTER_SOFT if self.soft else (1.0,) * len(self.features)
+        scales = [self.weight * factor for factor in factors[: len(self.features)]]
+        index = torch.tensor(chosen, device=device)
+        outputs = [feature.to(device).expand(len(chosen), -1, -1, -1) for feature in self.features]
+        return _spread(outputs, scales, index, len(rows))
+
+
+def _spread(outputs: list[torch.Tensor], scales, index: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """Scale each output; rows not in `index` get zeros."""
+    scaled = [output * scale for output, scale in zip(outputs, scales, strict=True)]
+    if len(index) == rows:
+        return scaled
+    return [torch.zeros((rows, *output.shape[1:]), dtype=output.dtype, device=output.device)
+            .index_copy(0, index, output) for output in scaled]
 
 
 @dataclass(frozen=True)
@@ -141,19 +183,25 @@ class IpAdapterPass:
 
 
 class ControlStack:
-    """The ControlNets and IP-Adapter of one pass. `unet_inputs` is called at each UNet call."""
+    """The ControlNets, T2I-Adapters, IP-Adapter and output blends of one pass. `unet_inputs` is called at each
+    UNet call, `adjust_output` on its result."""
 
     def __init__(self, controlnets: Sequence[ControlNetPass], ip_adapter: IpAdapterPass | None,
-                 clock: GuidanceClock):
+                 clock: GuidanceClock, adapters: Sequence[AdapterPass] = (), blends: Sequence = (),
+                 alphas_cumprod: torch.Tensor | None = None):
         self.controlnets = tuple(controlnets)
         self.ip_adapter = ip_adapter
         self.clock = clock
+        self.adapters = tuple(adapters)
+        self.blends = tuple(blends)  # engine.control.effects.UnetBlend
+        self.alphas_cumprod = alphas_cumprod
 
     def unet_inputs(self, x: torch.Tensor, t: torch.Tensor, call_index: int, context: torch.Tensor,
                     added: dict | None, rows: RowLayout) -> dict:
         """Keyword arguments for `UNet2DConditionModel.forward` beyond sample, timestep and context:
         `added_cond_kwargs` (with the IP-Adapter's `image_embeds` when one is installed) and, when a ControlNet
-        is active at this call, `down_block_additional_residuals` / `mid_block_additional_residual`.
+        or T2I-Adapter is active at this call, `down_block_additional_residuals` /
+        `mid_block_additional_residual` / `down_intrablock_additional_residuals`.
 
         Args:
             x, t, context, added: exactly what the UNet is about to get (rows as in `rows`).
@@ -168,14 +216,29 @@ class ControlStack:
             self.ip_adapter.adapter.set_scale(self.ip_adapter.scale_at(fraction))
             embeds = self.ip_adapter.image_embeds(rows, x.device, x.dtype)
             inputs["added_cond_kwargs"] = {**(added or {}), "image_embeds": embeds}
-        total = None
-        for controlnet in self.controlnets:
-            if not controlnet.active(fraction):
-                continue
-            residuals = controlnet.residuals(x, t, context, added, rows)
-            if residuals is not None:
-                total = residuals if total is None else [a + b for a, b in zip(total, residuals, strict=True)]
+        total = _summed(controlnet.residuals(x, t, context, added, rows)
+                        for controlnet in self.controlnets if controlnet.active(fraction))
         if total is not None:
             inputs["down_block_additional_residuals"] = tuple(r.to(x.dtype) for r in total[:-1])
             inputs["mid_block_additional_residual"] = total[-1].to(x.dtype)
+        features = _summed(adapter.residuals(rows, x.device) for adapter in self.adapters if adapter.active(fraction))
+        if features is not None:
+            inputs["down_intrablock_additional_residuals"] = [f.to(x.dtype) for f in features]
         return inputs
+
+    def adjust_output(self, output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, rows: RowLayout) -> torch.Tensor:
+        """The UNet's ε after the units' blends (inpaint_only, tile_colorfix), in order; unchanged without any.
+        sd-webui-controlnet applies them at every call, inside or outside the guidance window."""
+        cond = torch.tensor([1.0 if c else 0.0 for c in rows.cond])
+        for blend in self.blends:
+            output = blend.apply(output, x, t.expand(x.shape[0]) if t.ndim else t.repeat(x.shape[0]),
+                                 self.alphas_cumprod, cond)
+        return output
+
+
+def _summed(results) -> list[torch.Tensor] | None:
+    total = None
+    for residuals in results:
+        if residuals is not None:
+            total = residuals if total is None else [a + b for a, b in zip(total, residuals, strict=True)]
+    return total

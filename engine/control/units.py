@@ -1,17 +1,16 @@
 """The `alwayson_scripts.controlnet` arguments: unit dicts as sd-webui-controlnet and Forge accept them. No torch."""
 
-import base64
-import binascii
-import io
+import functools
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.control.modules import FACE_EMBEDDING, ModuleSpec, find_module
+from engine.control.inputs import crop_to_mask_region, decode_unit_images, processed_mask, to_rgb
+from engine.control.modules import FACE_EMBEDDING, MODULES, UNION_TYPES, ModuleSpec, find_module
 from engine.errors import RequestError, UnsupportedError, choices
 from engine.wire.validation import parse_model
 
@@ -89,7 +88,11 @@ class UnitArgs(BaseModel):
     loopback: Any = None
     inpaint_crop_input_image: Any = None
     pulid_mode: Any = None
-    union_control_type: Any = None
+    union_control_type: Any = None  # a union ControlNet's control type
+    animatediff_batch: Any = None
+    batch_modifiers: Any = None
+    batch_image_files: Any = None
+    batch_keyframe_idx: Any = None
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,9 @@ class ControlUnit:
     module: ModuleSpec
     model: str  # as sent; resolved against the models folder later
     weight: float
-    image: Image.Image  # RGB
+    image: Image.Image | None  # RGB; None: img2img's init image (filled in by `with_init_image`)
     resize_mode: str
-    processor_res: int
+    processor_res: float  # bound-checked as sd-webui-controlnet does (a hidden slider leaves 0.5)
     threshold_a: float
     threshold_b: float
     guidance_start: float
@@ -111,8 +114,16 @@ class ControlUnit:
     control_mode: str
     hr_option: str
     save_detected_map: bool
+    mask: Image.Image | None = None  # "L", white = repaint: the inpaint modules' mask
+    module_name: str = ""  # the module as the client spelled it (the infotext repeats it)
+    union_type: str | None = None  # a union ControlNet's control type (None: from the module's tags)
+    crop_to_mask: bool = True  # `inpaint_crop_input_image`: cut to the img2img "only masked" region
+
+    where: str = ""  # the request field the unit came from when not a controlnet arg (ADetailer's)
 
     def field(self, key: str) -> str:
+        if self.where:
+            return f"{self.where}_{key}"
         return f"alwayson_scripts.{SCRIPT_KEY}.args[{self.index}].{key}"
 
     @property
@@ -130,9 +141,26 @@ class ControlUnit:
         """sd-webui-controlnet `hr_option`: which passes of hires fix the unit takes part in."""
         return self.hr_option == HR_BOTH or self.hr_option == (HR_HIGH_RES_ONLY if hires else HR_LOW_RES_ONLY)
 
+    def infotext(self) -> str:
+        """sd-webui-controlnet `ControlNetUnit.serialize`: the unit's infotext fields as "Key: value, …"."""
+        values = {"Module": self.module_name or self.module.name, "Model": self.model, "Weight": self.weight,
+                  "Resize Mode": self.resize_mode, "Processor Res": self.processor_res,
+                  "Threshold A": self.threshold_a, "Threshold B": self.threshold_b,
+                  "Guidance Start": self.guidance_start, "Guidance End": self.guidance_end,
+                  "Pixel Perfect": self.pixel_perfect, "Control Mode": self.control_mode}
+        return ", ".join(f"{key}: {value}" for key, value in values.items())
 
-def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None) -> tuple[ControlUnit, ...]:
-    """The enabled units of `alwayson_scripts.controlnet.args` (absent → none), in order.
+
+def infotext_params(units: Sequence[ControlUnit]) -> dict[str, str]:
+    """`ControlNet N` entries for `extra_generation_params`, N counting the enabled units
+    (sd-webui-controlnet `Infotext.write_infotext`)."""
+    return {f"ControlNet {number}": unit.infotext() for number, unit in enumerate(units)}
+
+
+def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None,
+                          img2img: bool = False) -> tuple[ControlUnit, ...]:
+    """The enabled units of `alwayson_scripts.controlnet.args` (absent → none), in order. On img2img a unit
+    may leave out its image (`with_init_image` fills it in).
 
     A unit is skipped when `enabled` is false, or when it is an empty tab (module "none", model "None").
 
@@ -157,7 +185,7 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None) -> tuple[C
             raise RequestError(field, f"must be a unit object, got {entry!r:.60}")
         raw = parse_model(UnitArgs, _with_current_keys(entry, field), field)
         if _is_active(raw):
-            units.append(_resolve(raw, index, field))
+            units.append(_resolve(raw, index, field, img2img))
     _check_instant_id(units)
     return tuple(units)
 
@@ -188,7 +216,7 @@ def _no_model(model: str | None) -> bool:
     return model is None or model.strip().lower() in (NO_MODEL, "")
 
 
-def _resolve(raw: UnitArgs, index: int, field: str) -> ControlUnit:
+def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool) -> ControlUnit:
     module = find_module(raw.module, f"{field}.module")
     for key in ("advanced_weighting", "effective_region_mask", "ipadapter_input"):
         if getattr(raw, key) not in (None, "", []):
@@ -198,29 +226,65 @@ def _resolve(raw: UnitArgs, index: int, field: str) -> ControlUnit:
     if raw.guidance_start > raw.guidance_end:
         raise RequestError(f"{field}.guidance_start",
                            f"must not exceed guidance_end ({raw.guidance_start} > {raw.guidance_end})")
-    images = _decode_images(raw.image, raw.mask, f"{field}.image")
-    if not images:
+    inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image")
+    if not inputs and not img2img:
         raise RequestError(f"{field}.image", "is required: txt2img has no init image to fall back on")
-    if len(images) > 1:
+    if len(inputs) > 1:
         raise UnsupportedError(f"{field}.image", "one image per unit (several images for one IP-Adapter, which "
                                                  "sd-webui-controlnet averages, are not supported)")
+    image, mask = inputs[0] if inputs else (None, None)
+    if mask is not None and not module.is_inpaint:
+        _check_scribble_mask(mask, module, f"{field}.mask")
+    if image is not None and module.is_inpaint and mask is None:
+        mask = Image.new("L", image.size, 0)  # `combine_image_and_mask`: no mask = nothing masked
     return ControlUnit(
         index=index,
         module=module,
         model=str(raw.model).strip(),
         weight=raw.weight,
-        image=images[0],
+        image=image,
+        mask=mask if module.is_inpaint else None,
         resize_mode=_named(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
-        processor_res=int(module.resolution.pick(raw.processor_res) if module.resolution else raw.processor_res),
-        threshold_a=module.threshold_a.pick(raw.threshold_a) if module.threshold_a else raw.threshold_a,
-        threshold_b=module.threshold_b.pick(raw.threshold_b) if module.threshold_b else raw.threshold_b,
+        processor_res=_whole(module.resolution.pick(raw.processor_res)),
+        threshold_a=module.threshold_a.pick(raw.threshold_a),
+        threshold_b=module.threshold_b.pick(raw.threshold_b),
         guidance_start=raw.guidance_start,
         guidance_end=raw.guidance_end,
         pixel_perfect=raw.pixel_perfect,
         control_mode=_named(CONTROL_MODES, raw.control_mode, f"{field}.control_mode"),
         hr_option=_named(HR_OPTIONS, raw.hr_option, f"{field}.hr_option"),
         save_detected_map=raw.save_detected_map,
+        module_name=str(raw.module).strip(),
+        union_type=_union_type(raw.union_control_type, module, f"{field}.union_control_type"),
+        crop_to_mask=raw.inpaint_crop_input_image is not False,
     )
+
+
+def _whole(value: float) -> float:
+    """`processor_res` is an integer field in sd-webui-controlnet; a hidden slider's default stays 0.5."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _union_type(value: Any, module: ModuleSpec, field: str) -> str | None:
+    """`union_control_type` ("Depth", "Hard Edge"… as sd-webui-controlnet's enum values); unset or "Unknown":
+    the type of the module's tag, as sd-webui-controlnet's UI picks it from the control-type tab."""
+    if value in (None, "", "Unknown"):
+        return module.union_type
+    wanted = str(value).strip().lower()
+    found = next((name for name in UNION_TYPES if name.lower() == wanted), None)
+    if found is None:
+        raise RequestError(field, f"unknown control type {value!r}; valid: {choices(UNION_TYPES)}")
+    return found
+
+
+def _check_scribble_mask(mask: Image.Image, module: ModuleSpec, field: str) -> None:
+    """A mask on a unit that does not inpaint: sd-webui-controlnet ignores an all-black or all-white one and
+    otherwise draws the mask itself as the input ("canvas scribble mode"); that last use is not supported."""
+    low, high = mask.getextrema()
+    if high <= 5 or low >= 250:
+        return
+    raise UnsupportedError(field, f"a mask is used only by inpaint modules; module {module.name!r} would take "
+                                  "the mask as a scribble (not supported): send it as the image")
 
 
 def _named(table: Mapping[Any, str], value: str | int, field: str) -> str:
@@ -231,45 +295,61 @@ def _named(table: Mapping[Any, str], value: str | int, field: str) -> str:
     return table[key]
 
 
-def _decode_images(image: Any, mask: Any, field: str) -> tuple[Image.Image, ...]:
-    """sd-webui-controlnet `get_input_images_rgba`: a base64 string, {"image", "mask"}, [image, mask], or a list
-    of {"image", "mask"} (several inputs for one IP-Adapter). Masks only matter for inpainting, not supported."""
-    if image is None or image == "":
-        entries = []
-    elif isinstance(image, str):
-        entries = [{"image": image, "mask": mask}]
-    elif isinstance(image, Mapping):
-        entries = [image]
-    elif isinstance(image, list) and image and all(isinstance(item, Mapping) for item in image):
-        entries = image
-    elif isinstance(image, list) and len(image) == 2 and isinstance(image[0], str):
-        entries = [{"image": image[0], "mask": image[1]}]
-    else:
-        raise RequestError(field, 'must be a base64 image, {"image": ..., "mask": ...}, or a list of those')
-    decoded = []
-    for number, entry in enumerate(entries):
-        where = field if len(entries) == 1 else f"{field}[{number}]"
-        if entry.get("mask") not in (None, ""):
-            raise UnsupportedError(f"{where}.mask", "masks are used only by inpainting modules, not supported")
-        decoded.append(decode_base64_image(entry.get("image"), where))
-    return tuple(decoded)
+def with_init_image(units: Sequence[ControlUnit], init, width: int,
+                    height: int) -> tuple[tuple[ControlUnit, ...], list[str]]:
+    """img2img (`init`: the plan's `InitPlan`, the pass `width` × `height`): units without an image take the
+    first init image in the img2img resize mode, inpaint units the mask (inverted and blurred as A1111 does:
+    sd-webui-controlnet `choose_input_image` / `prepare_mask`); under "only masked" inpainting every input is
+    cut to the masked region as the pass is (`try_crop_image_with_a1111_mask`, `inpaint_crop_input_image`); and
+    with an img2img mask `inpaint_only` runs as `inpaint`. Returns the units and notes for `warnings`."""
+    mask = None if init.mask is None else processed_mask(init.mask, init.mask_round, init.invert_mask, init.mask_blur)
+    done, notes = [], []
+    for unit in units:
+        if unit.image is None:
+            source = init.images[0]
+            fallback = mask if mask is not None else Image.new("L", source.size, 0)
+            unit = replace(unit, image=to_rgb(source), resize_mode=_named(RESIZE_MODES, min(init.resize_mode, 2), ""),
+                           mask=fallback if unit.module.is_inpaint else None)
+        if mask is not None and init.only_masked and unit.crop_to_mask:
+            unit = _cropped_to_mask(unit, mask, init.padding, width, height)
+        if unit.module.name == "inpaint_only" and mask is not None:
+            notes.append(f"{unit.field('module')}: inpaint_only with an img2img mask runs as "
+                         "inpaint_global_harmonious, as sd-webui-controlnet does")
+            unit = replace(unit, module=MODULES["inpaint"])
+        done.append(unit)
+    return tuple(done), notes
 
 
-def decode_base64_image(text: Any, field: str) -> Image.Image:
-    """A1111 `decode_base64_to_image`: base64 with or without a `data:image/...;base64,` prefix, EXIF
-    rotation applied, as RGB (ControlNet's `HWC3` drops alpha)."""
-    if not isinstance(text, str) or not text:
-        raise RequestError(field, "must be a base64-encoded image")
-    if text.startswith(("http://", "https://")):
-        raise UnsupportedError(field, "image URLs are not fetched; send the image itself, base64-encoded")
-    if text.startswith("data:image/"):
-        text = text.partition(",")[2]
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(text)))
-        image.load()
-    except (binascii.Error, ValueError, OSError) as exc:
-        raise RequestError(field, f"is not a base64-encoded image ({exc})") from None
-    return ImageOps.exif_transpose(image).convert("RGB")
+def _cropped_to_mask(unit: ControlUnit, mask: Image.Image, padding: int, width: int, height: int) -> ControlUnit:
+    mode = {JUST_RESIZE: 0, CROP_AND_RESIZE: 1, RESIZE_AND_FILL: 2}[unit.resize_mode]
+    cut = functools.partial(crop_to_mask_region, mode=mode, mask=mask, padding=padding, width=width, height=height)
+    return replace(unit, image=cut(unit.image), mask=cut(unit.mask) if unit.mask is not None else None)
+
+
+# ADetailer `controlnet_ext/common.py` `cn_model_module`: the module a model name implies when none is given.
+ADETAILER_MODULE_OF_MODEL = {"inpaint": "inpaint_global_harmonious", "scribble": "t2ia_sketch_pidi",
+                             "lineart": "lineart_coarse", "openpose": "openpose_full", "tile": "tile_resample",
+                             "depth": "depth_midas"}
+
+
+def detailer_controlnet(args, model_field: str) -> ControlUnit | None:
+    """ADetailer's `ad_controlnet_*` as the unit ADetailer hands sd-webui-controlnet (`update_scripts_args`):
+    Balanced, pixel perfect, no image (the inpaint pass's image and mask are used). None without a model."""
+    model = args.ad_controlnet_model
+    if model in ("None", "", None):
+        return None
+    module = args.ad_controlnet_module
+    if module in ("None", "", None):
+        module = next((name for key, name in ADETAILER_MODULE_OF_MODEL.items() if key in model), "none")
+    where = model_field.removesuffix("_model")
+    raw = parse_model(UnitArgs, {"module": module, "model": model, "weight": args.ad_controlnet_weight,
+                                 "guidance_start": args.ad_controlnet_guidance_start,
+                                 "guidance_end": args.ad_controlnet_guidance_end, "pixel_perfect": True},
+                      where)
+    unit = replace(_resolve(raw, 0, where, img2img=True), where=where)
+    if unit.is_face_embedding:
+        raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
+    return unit
 
 
 def _check_instant_id(units: list[ControlUnit]) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.control.demo import write_tiny_control_models
+from engine.control.demo_families import write_tiny_control_families
+from engine.control.maps.demo import write_random_annotators
 from engine.demo.lora import write_tiny_lora
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
@@ -33,6 +35,8 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     write_tiny_yolo,
     write_tiny_control_models,
     write_tiny_face_restorers,
+    write_tiny_control_families,
+    write_random_annotators,  # the small ones; the large annotators only on request
 )
 
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
+from engine.control.units import with_init_image
 from engine.detailer.masks import prepare_masks
 from engine.detailer.prompts import inpaint_steps, mask_prompts
 from engine.imaging.inpaint import latent_mask, prepare_inpaint
 from engine.networks import lora_requests
 from engine.passes import InitLatents, PassRequest, run_pass
-from engine.plan import DetailerPlan, NoiseSpec
+from engine.plan import DetailerPlan, InitPlan, NoiseSpec
 from engine.prompts.options import PassShape, PromptOptions
 from engine.prompts.parser import extract_extra_networks
 from engine.restore.step import restore_decoded
@@ -32,13 +33,15 @@ class DetailTarget:
 
 
 def detail_image(
-    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output, loras=None
+    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output, loras=None,
+    make_control=None,
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
     `postprocess_image` with chained `process_images`). `units` holds each DetailerPlan with its
     (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput).
     `loras` (a `LoraSession`, None when extra networks are disabled) activates each mask prompt's `<lora:…>`
-    tags."""
+    tags. `make_control(units, size, seed)` prepares a unit's `ad_controlnet_*` ControlNet
+    (`engine.control.request.prepare_control`)."""
     image = target.image
     for unit, pipe, detector, restorer in units:
         found = detector.detect(image, unit.confidence)
@@ -58,7 +61,7 @@ def detail_image(
             seed,
             subseed,
         ):
-            context = (target, prompt_options, on_step, embeddings, output, loras, restorer)
+            context = (target, prompt_options, on_step, embeddings, output, loras, make_control, restorer)
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
@@ -66,7 +69,7 @@ def detail_image(
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j; with
     `ad_restore_face`, the inpainted crop's faces are restored before it is pasted back (A1111's order)."""
-    target, prompt_options, on_step, embeddings, output, loras, restorer = context
+    target, prompt_options, on_step, embeddings, output, loras, make_control, restorer = context
     # A1111's inner img2img activates the extra networks of its own prompt (none: every LoRA off), on the
     # unit's checkpoint; the tags leave the text either way.
     prompt, tags = extract_extra_networks(mask_prompt.prompt)
@@ -106,8 +109,26 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
         noise_multiplier=unit.noise_multiplier,
     )
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
-    result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings)
+    control = _detail_control(unit, image, mask, make_control, mask_prompt)
+    result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings, control)
     output.add(result)
     decoded = pipe.decode_to_images(result.latents)
+    if control is not None:
+        decoded = control.postprocess(decoded, width, height)
+        output.control_calls += control.model_calls
     (decoded,) = restore_decoded(decoded, restorer, unit.face_restoration, [mask_prompt.seed], target.index, output)
     return region.paste_back(decoded)
+
+
+def _detail_control(unit: DetailerPlan, image: Image.Image, mask: Image.Image, make_control, mask_prompt):
+    """ADetailer's ControlNet unit for this inpaint pass, as sd-webui-controlnet sees ADetailer's img2img: no
+    image of its own, so the whole current image (img2img resize mode 0) and, for inpaint modules, the mask
+    blurred by `ad_mask_blur`, both cut to the "only masked" region like the pass."""
+    if unit.controlnet is None:
+        return None
+    if make_control is None:
+        raise RuntimeError("ADetailer's ControlNet needs make_control")
+    init = InitPlan(images=(image,), strength=unit.strength, resize_mode=0, mask=mask,
+                    mask_blur=(unit.mask_blur, unit.mask_blur), only_masked=unit.only_masked, padding=unit.padding)
+    units, _ = with_init_image((unit.controlnet,), init, *unit.size)
+    return make_control(units, unit.size, mask_prompt.seed + mask_prompt.subseed)

@@ -104,6 +104,7 @@ class GuidedUNet:
         dtype = self.unet.dtype
         x, context = x.to(dtype), context.to(dtype)
         added = {k: v.to(dtype) for k, v in added.items()} if added else None
+        latent = x
         if self.control is None:
             inputs = {"added_cond_kwargs": added}
         else:
@@ -113,7 +114,11 @@ class GuidedUNet:
             # Each row takes its image's conditioning, cond and uncond rows alike (A1111 `image_cond_in`).
             images = [*rows.cond_images, *rows.uncond_images]
             x = torch.cat([x, self.image_conditioning[images].to(device=x.device, dtype=dtype)], dim=1)
-        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
+        output = self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
+        if self.control is not None:
+            # sd-webui-controlnet's blends on the UNet's output (inpaint_only, tile_colorfix).
+            output = self.control.adjust_output(output, latent, torch.as_tensor(t), rows.layout())
+        return output
 
 
 @dataclass(frozen=True)

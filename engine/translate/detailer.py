@@ -1,6 +1,7 @@
 """ADetailer units → `DetailerPlan`s, in diffusers' terms."""
 
 from engine import samplers
+from engine.control.units import detailer_controlnet
 from engine.detailer.args import ADetailerArgs
 from engine.errors import UnsupportedError
 from engine.networks import lora_requests
@@ -59,6 +60,7 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 checkpoint=checkpoint,
                 # ADetailer's inner img2img gets restore_faces=ad_restore_face and A1111's options.
                 face_restoration=face_restoration_plan(unit.ad_restore_face, options),
+                controlnet=detailer_controlnet(unit, adetailer.field(position, "ad_controlnet_model")),
             )
         )
     return tuple(plans)

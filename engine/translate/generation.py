@@ -3,7 +3,7 @@
 from typing import Any
 
 from engine import samplers
-from engine.control.units import parse_controlnet_args
+from engine.control.units import infotext_params, parse_controlnet_args
 from engine.detailer.args import parse_adetailer_args
 from engine.errors import RequestError, UnsupportedError
 from engine.networks import lora_requests
@@ -32,6 +32,7 @@ def plan_generation(
     settings: Settings,
     defaults: dict[str, Any] | None = None,
     batch_size: int | None = None,
+    img2img: bool = False,
 ) -> tuple[GenerationPlan, dict[str, Any]]:
     """The plan without txt2img's hires fix or img2img's init images, and the effective A1111 options.
 
@@ -40,6 +41,7 @@ def plan_generation(
         settings: limits (steps, pixels, batch) and the default checkpoint.
         defaults: the worker's current options (A1111 `opts`), overridden by `override_settings`.
         batch_size: overrides the request's (img2img with several init images: one per image, as A1111).
+        img2img: ControlNet units may leave out their image (they take the init image).
     """
     reject_unsupported(request)
     options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
@@ -57,7 +59,7 @@ def plan_generation(
     sampler = SamplerSpec(choice, sampler_options(request, choice, options))
     adetailer = parse_adetailer_args(request.alwayson_scripts)
     refiner, refiner_notes = refiner_plan(request, options)
-    control_units = parse_controlnet_args(request.alwayson_scripts)
+    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img)
     if refiner is not None and control_units:
         # A1111's ControlNet hooks the base UNet only; after the switch its units would silently stop.
         raise UnsupportedError(
@@ -88,7 +90,7 @@ def plan_generation(
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
-        infotext_extra=tuple(adetailer.infotext_params().items()),
+        infotext_extra=(*adetailer.infotext_params().items(), *infotext_params(control_units).items()),
         warnings=(*request_warnings(request), *refiner_notes),
     )
     return plan, options

@@ -3,6 +3,7 @@
 from dataclasses import replace
 from typing import Any
 
+from engine.control.units import with_init_image
 from engine.errors import RequestError
 from engine.imaging.decode import decode_image
 from engine.plan import GenerationPlan, InitPlan
@@ -30,7 +31,7 @@ def to_img2img_plan(
             "init_images", f"holds {len(images)} images; at most batch_size ({requested_batch})"
         )
     plan, options = plan_generation(
-        request, settings, defaults, batch_size=len(images) if len(images) > 1 else None
+        request, settings, defaults, batch_size=len(images) if len(images) > 1 else None, img2img=True
     )
     strength = request.denoising_strength
     if strength is None or not 0 <= strength <= 1:
@@ -60,7 +61,9 @@ def to_img2img_plan(
     warnings = plan.warnings
     if request.image_cfg_scale is not None:
         warnings += ("ignored image_cfg_scale: it applies to instruct-pix2pix models only",)
-    return replace(plan, init=init, infotext_extra=plan.infotext_extra + tuple(extra), warnings=warnings)
+    units, notes = with_init_image(plan.control_units, init, plan.width, plan.height)
+    return replace(plan, init=init, infotext_extra=plan.infotext_extra + tuple(extra), control_units=units,
+                   warnings=warnings + tuple(notes))
 
 
 def _choice(value: int | None, names: tuple[str, ...], field: str) -> int:

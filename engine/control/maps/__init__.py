@@ -1,0 +1,1 @@
+"""Preprocessors: the table of runners, the weight-free ones, and those backed by annotator libraries."""

@@ -1,0 +1,181 @@
+"""Annotator weights: where each preprocessor's files live and how they are loaded, offline.
+
+The layout is sd-webui-controlnet's `annotator/downloads/<folder>/<file>` (`annotator/annotator_path.py`,
+each `annotator/*/__init__.py`), looked for in two places:
+
+1. `<models>/ControlNetAnnotators/<folder>/<file>` — what `download_models.py` fills (one models folder holds
+   everything, e.g. a RunPod volume);
+2. `<models>/../extensions/sd-webui-controlnet/annotator/downloads/<folder>/<file>` — an A1111 install's own
+   copy, so an existing web UI folder works as it is.
+
+Nothing is downloaded at run time: a missing file is a `NotFoundError` naming where it was looked for and the
+`download_models.py` group that fetches it. Detectors are controlnet_aux's classes (spandrel's LaMa), built with
+their `from_pretrained(<local folder>)`, which reads the file from the folder and never the Hub.
+"""
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import NotFoundError
+from engine.resources.cache import ResidentCache
+
+
+logger = logging.getLogger(__name__)
+
+DOWNLOAD_FOLDER = "ControlNetAnnotators"
+EXTENSION_FOLDER = Path("..") / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """One family of annotator weights: its folder, the files it needs and how to build the detector."""
+
+    folder: str  # sd-webui-controlnet's folder under annotator/downloads
+    files: tuple[str, ...]
+    build: Callable[[Path], object]  # folder → detector (on the CPU, eval mode)
+    licence: str
+
+
+def quiet_import(module: str):
+    """Import a controlnet_aux submodule without running the package's `__init__`, which imports every
+    detector (mediapipe's and segment-anything's included: a mediapipe without `solutions` breaks it, and the
+    timm registrations it triggers are noisy). The package is registered bare, its submodules load on demand."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "controlnet_aux" not in sys.modules:
+        spec = importlib.util.find_spec("controlnet_aux")
+        if spec is None:
+            raise ImportError("controlnet_aux is not installed (pip install --no-deps -r requirements-nodeps.txt)")
+        package = types.ModuleType("controlnet_aux")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["controlnet_aux"] = package
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(module)
+
+
+def _hed(folder: Path):
+    return quiet_import("controlnet_aux.hed").HEDdetector.from_pretrained(folder, filename="ControlNetHED.pth")
+
+
+def _pidinet(folder: Path):
+    return quiet_import("controlnet_aux.pidi").PidiNetDetector.from_pretrained(folder, filename="table5_pidinet.pth")
+
+
+def _mlsd(folder: Path):
+    return quiet_import("controlnet_aux.mlsd").MLSDdetector.from_pretrained(folder,
+                                                                             filename="mlsd_large_512_fp32.pth")
+
+
+def _lineart(folder: Path):
+    return quiet_import("controlnet_aux.lineart").LineartDetector.from_pretrained(
+        folder, filename="sk_model.pth", coarse_filename="sk_model2.pth")
+
+
+def _lineart_anime(folder: Path):
+    return quiet_import("controlnet_aux.lineart_anime").LineartAnimeDetector.from_pretrained(folder,
+                                                                                               filename="netG.pth")
+
+
+def _openpose(folder: Path):
+    return quiet_import("controlnet_aux.open_pose").OpenposeDetector.from_pretrained(
+        folder, filename="body_pose_model.pth", hand_filename="hand_pose_model.pth", face_filename="facenet.pth")
+
+
+def _midas(folder: Path):
+    return quiet_import("controlnet_aux.midas").MidasDetector.from_pretrained(
+        folder, model_type="dpt_hybrid", filename="dpt_hybrid-midas-501f0c75.pt")
+
+
+def _zoe(folder: Path):
+    return quiet_import("controlnet_aux.zoe").ZoeDetector.from_pretrained(folder, filename="ZoeD_M12_N.pt")
+
+
+def _leres(folder: Path):
+    """controlnet_aux builds LeReS++'s pix2pix options with argparse over `sys.argv`: the worker's own command
+    line must not reach it."""
+    import sys
+
+    command_line, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return quiet_import("controlnet_aux.leres").LeresDetector.from_pretrained(
+            folder, filename="res101.pth", pix2pix_filename="latest_net_G.pth")
+    finally:
+        sys.argv = command_line
+
+
+def _normal_bae(folder: Path):
+    return quiet_import("controlnet_aux.normalbae").NormalBaeDetector.from_pretrained(folder, filename="scannet.pt")
+
+
+def _lama(folder: Path):
+    """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
+    from spandrel import ModelLoader
+
+    return ModelLoader().load_from_file(folder / "ControlNetLama.pth").model.eval()
+
+
+ANNOTATORS: dict[str, Annotator] = {
+    "hed": Annotator("hed", ("ControlNetHED.pth",), _hed, "Apache-2.0 (lllyasviel's re-implementation)"),
+    "pidinet": Annotator("pidinet", ("table5_pidinet.pth",), _pidinet, "MIT (PiDiNet)"),
+    "mlsd": Annotator("mlsd", ("mlsd_large_512_fp32.pth",), _mlsd, "Apache-2.0 (M-LSD)"),
+    "lineart": Annotator("lineart", ("sk_model.pth", "sk_model2.pth"), _lineart, "MIT (informative-drawings)"),
+    "lineart_anime": Annotator("lineart_anime", ("netG.pth",), _lineart_anime, "MIT (lllyasviel)"),
+    "openpose": Annotator("openpose", ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"), _openpose,
+                          "CMU OpenPose academic licence: non-commercial"),
+    "midas": Annotator("midas", ("dpt_hybrid-midas-501f0c75.pt",), _midas, "MIT (MiDaS)"),
+    "zoedepth": Annotator("zoedepth", ("ZoeD_M12_N.pt",), _zoe, "MIT (ZoeDepth)"),
+    "leres": Annotator("leres", ("res101.pth", "latest_net_G.pth"), _leres,
+                       "LeReS / BoostingMonocularDepth: non-commercial research use"),
+    "normal_bae": Annotator("normal_bae", ("scannet.pt",), _normal_bae, "MIT (surface_normal_uncertainty)"),
+    "lama": Annotator("lama", ("ControlNetLama.pth",), _lama, "Apache-2.0 (LaMa)"),
+}
+
+
+def annotator_roots(models_root: Path) -> tuple[Path, ...]:
+    """Where annotator folders are looked for, in order."""
+    return (Path(models_root) / DOWNLOAD_FOLDER, Path(models_root) / EXTENSION_FOLDER)
+
+
+def find_annotator_folder(name: str, models_root: Path, field: str) -> Path:
+    """The folder holding every file of annotator `name`.
+
+    Raises:
+        NotFoundError: no root holds them all, naming the files and the download group.
+    """
+    annotator = ANNOTATORS[name]
+    for root in annotator_roots(models_root):
+        folder = root / annotator.folder
+        if all((folder / file).is_file() for file in annotator.files):
+            return folder
+    tried = " or ".join(str(root / annotator.folder) for root in annotator_roots(models_root))
+    raise NotFoundError(field, f"the {name} annotator needs {', '.join(annotator.files)} in {tried}; "
+                               f"run download_models.py --only annotator-{name}")
+
+
+class AnnotatorStore:
+    """Loaded detectors, built on first use from the models folder and kept in a small LRU on the device."""
+
+    def __init__(self, models_root: Path, device: torch.device | str = "cpu", capacity: int = 2):
+        self.models_root = Path(models_root)
+        self.device = torch.device(device)
+        self._loaded = ResidentCache(self._load, capacity)
+
+    def get(self, name: str, field: str = "module"):
+        return self._loaded.get((name, find_annotator_folder(name, self.models_root, field)))
+
+    def _load(self, key: tuple[str, Path]):
+        name, folder = key
+        logger.info("loading the %s annotator from %s", name, folder)
+        detector = ANNOTATORS[name].build(folder)
+        # Annotators run in fp32 (sd-webui-controlnet does too, except on its low-VRAM path).
+        return detector.to(self.device)

@@ -1,0 +1,124 @@
+"""The preprocessors with weights, as sd-webui-controlnet v1.1.455 runs them
+(`scripts/preprocessor/legacy/processor.py`, `scripts/preprocessor/lama_inpaint.py`), with controlnet_aux's
+detectors (and spandrel's LaMa) doing the network work.
+
+sd-webui-controlnet resizes the input so its short side is `processor_res`, edge-pads it to a multiple of 64,
+runs the annotator and cuts the pad off. controlnet_aux's detectors resize to a multiple of 64 themselves; given
+the padded image with `detect_resolution` = its short side, that resize keeps the size (a no-op), so the network
+sees exactly what sd-webui-controlnet's copy of the same annotator sees.
+"""
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from engine.control.preprocess import resize_with_pad
+
+
+Detector = Callable[[str], object]  # annotator name → loaded detector
+
+
+def _padded_call(image: np.ndarray, resolution, detector, **options) -> np.ndarray:
+    """Run a controlnet_aux detector on the padded image at its own size; return the map without the pad."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    size = min(padded.shape[:2])
+    detected = detector(padded, detect_resolution=size, image_resolution=size, output_type="np", **options)
+    return remove_pad(np.asarray(detected))
+
+
+def _scribble(edges: np.ndarray) -> np.ndarray:
+    """`scribble_hed` / `scribble_pidinet`: thin the soft edges (NMS), blur and binarise."""
+    from engine.control.maps.annotators import quiet_import
+
+    result = quiet_import("controlnet_aux.util").nms(edges, 127, 3.0)
+    result = cv2.GaussianBlur(result, (0, 0), 3.0)
+    result[result > 4] = 255
+    result[result < 255] = 0
+    return result
+
+
+def hed(image, resolution, a, b, detectors: Detector, safe: bool = False):
+    return _padded_call(image, resolution, detectors("hed"), safe=safe)
+
+
+def scribble_hed(image, resolution, a, b, detectors: Detector):
+    return _scribble(hed(image, resolution, a, b, detectors))
+
+
+def pidinet(image, resolution, a, b, detectors: Detector, safe: bool = False, apply_filter: bool = False):
+    return _padded_call(image, resolution, detectors("pidinet"), safe=safe, apply_filter=apply_filter)
+
+
+def scribble_pidinet(image, resolution, a, b, detectors: Detector):
+    return _scribble(pidinet(image, resolution, a, b, detectors))
+
+
+def mlsd(image, resolution, value_threshold, distance_threshold, detectors: Detector):
+    return _padded_call(image, resolution, detectors("mlsd"), thr_v=value_threshold, thr_d=distance_threshold)
+
+
+def lineart(image, resolution, a, b, detectors: Detector, coarse: bool = False):
+    """lineart_realistic / lineart_coarse: controlnet_aux inverts to dark-on-light; sd-webui-controlnet inverts
+    the network's output the same way ("applied auto inversion")."""
+    return _padded_call(image, resolution, detectors("lineart"), coarse=coarse)
+
+
+def lineart_anime(image, resolution, a, b, detectors: Detector):
+    return _padded_call(image, resolution, detectors("lineart_anime"))
+
+
+def openpose(image, resolution, a, b, detectors: Detector, body=True, hand=False, face=False):
+    return _padded_call(image, resolution, detectors("openpose"), include_body=body, include_hand=hand,
+                        include_face=face)
+
+
+def midas_depth(image, resolution, a, b, detectors: Detector):
+    return _padded_call(image, resolution, detectors("midas"))
+
+
+def midas_normal(image, resolution, background_threshold, b, detectors: Detector):
+    """normal_midas: sd-webui-controlnet's `midas_normal` (a = 2π, the slider is the background threshold)."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    size = min(padded.shape[:2])
+    _, normal = detectors("midas")(padded, a=np.pi * 2.0, bg_th=background_threshold, depth_and_normal=True,
+                                   detect_resolution=size, image_resolution=size, output_type="np")
+    return remove_pad(np.asarray(normal))
+
+
+def zoe(image, resolution, a, b, detectors: Detector):
+    return _padded_call(image, resolution, detectors("zoedepth"))
+
+
+def leres(image, resolution, near, background, detectors: Detector, boost: bool = False):
+    return _padded_call(image, resolution, detectors("leres"), thr_a=near, thr_b=background, boost=boost)
+
+
+def normal_bae(image, resolution, a, b, detectors: Detector):
+    return _padded_call(image, resolution, detectors("normal_bae"))
+
+
+LAMA_RESOLUTION = 256  # "Always use 256 since lama is trained on 256"
+
+
+def inpaint_lama(image: np.ndarray, resolution, a, b, detectors: Detector) -> np.ndarray:
+    """inpaint_only+lama: LaMa fills the masked area at 256 px, the fill is resized back and blended under the
+    mask; the result keeps the mask as alpha (`PreprocessorLamaInpaint`, `annotator/lama`)."""
+    import torch
+
+    height, width = image.shape[:2]
+    colour, mask = image[:, :, :3].copy(), image[:, :, 3:4].copy()
+    padded, remove_pad = resize_with_pad(image, LAMA_RESOLUTION)
+    model = detectors("lama")
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        pixels = torch.from_numpy(padded.astype(np.float32) / 255.0).to(parameter.device)
+        hard = (pixels[:, :, 3:4] > 0.5).float()
+        rgb = pixels[:, :, :3] * (1 - hard)
+        # spandrel's LaMa blanks the masked pixels, fills them and keeps the others, as `annotator/lama` does.
+        filled = model(rgb.permute(2, 0, 1)[None], hard.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    predicted = (filled * 255.0).clamp(0, 255).cpu().numpy().astype(np.uint8)
+    predicted = cv2.resize(remove_pad(predicted), (width, height))
+    alpha = mask.astype(np.float32) / 255.0
+    blended = predicted.astype(np.float32) * alpha + colour.astype(np.float32) * (1 - alpha)
+    return np.concatenate([blended.clip(0, 255).astype(np.uint8), mask], axis=2)
