@@ -257,7 +257,6 @@ _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
      "mediapipe detectors are not supported; use a YOLO .pt model from models/adetailer"),
     ("ad_model_classes", lambda u: bool(u.ad_model_classes.strip()) and "-world" in PurePosixPath(u.ad_model).stem,
      "YOLO-World class prompts need the CLIP text encoder, which is not available offline"),
-    ("ad_controlnet_model", lambda u: u.ad_controlnet_model != "None", "ADetailer's ControlNet is not supported yet"),
     ("ad_controlnet_model", lambda u: u.ad_controlnet_model == "Passthrough",
      "\"Passthrough\" (the request's own ControlNet units inside ADetailer's pass) is not supported"),
 )
