@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, Settings
-from engine.errors import EngineError
+from engine.errors import EngineError, OutOfMemory
 from engine.logs import setup_logging
 from engine.wire.envelope import parse_job_input
 from engine.wire.routes import ENVELOPE_FIELDS, route
@@ -86,6 +86,8 @@ def serve_job(
         return _within_limit(output, max_output_bytes, uploading=upload is not None)
     except EngineError as exc:
         logger.info("job %s rejected: %s", job_id, exc)
+        if isinstance(exc, OutOfMemory) and not _device_usable():
+            return {"error": str(exc), "refresh_worker": True}
         return {"error": str(exc)}
     except Exception as exc:
         logger.exception("job %s failed", job_id)
@@ -134,6 +136,8 @@ def is_device_failure(exc: BaseException) -> bool:
 def _device_usable() -> bool:
     import torch
 
+    if not torch.cuda.is_available():
+        return True  # a CPU allocation failure leaves nothing broken
     try:
         torch.cuda.empty_cache()
         torch.ones(1, device="cuda").add_(1)

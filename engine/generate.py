@@ -20,6 +20,7 @@ from engine.prompts.options import PassShape
 from engine.refiner import RefinerStage
 from engine.restore.step import restore_decoded
 from engine.sampling.loop import StepCallback
+from engine.stopping import StopSignal
 from engine.upscale.latent import LatentUpscaler
 
 
@@ -90,15 +91,46 @@ class Models:
                 unique.setdefault(id(pipe), pipe)
         return list(unique.values())
 
+    def with_low_memory(self, vae_tiling, unet_rows_per_call: int) -> "Models":
+        """The same models seen through lower-memory views (`A1111Pipeline.with_low_memory`); the shared
+        pipelines are untouched."""
+        views: dict[int, A1111Pipeline] = {}
+
+        def view(pipe: A1111Pipeline | None) -> A1111Pipeline | None:
+            if pipe is not None and id(pipe) not in views:
+                views[id(pipe)] = pipe.with_low_memory(vae_tiling, unet_rows_per_call)
+            return views[id(pipe)] if pipe is not None else None
+
+        return replace(
+            self,
+            base=view(self.base),
+            hires=view(self.hires),
+            refiner=view(self.refiner),
+            detailers=tuple((unit, view(pipe), detector) for unit, pipe, detector in self.detailers),
+        )
+
 
 @torch.no_grad()
 def generate(
-    plan: GenerationPlan, models: Models, on_progress: Callable[[Progress], None] | None = None
+    plan: GenerationPlan,
+    models: Models,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop: StopSignal | None = None,
 ) -> GenerationOutput:
     """Run a plan, one batch per A1111 iteration (`n_iter`): base pass (txt2img or img2img), hires fix,
-    decode, face restoration, then ADetailer on each finished image."""
+    decode, face restoration, then ADetailer on each finished image.
+
+    `stop` ends sampling early as A1111's interrupt and skip do (see `engine.stopping`): the pass under way
+    returns its latest denoised estimate, which is decoded and kept; after an interrupt (or timeout) no hires
+    pass or later batch runs, after a skip the next batch runs normally. Each cut is noted in the output.
+    """
+    stop = stop or StopSignal()
     output = GenerationOutput([], 0)
     for iteration in range(plan.n_iter):
+        stop.begin_iteration()
+        if stop.interrupted:
+            output.notes.append(f"{stop.reason}: {_not_generated(iteration, plan.n_iter)}")
+            break
         batch = plan.batch(iteration)
         noise = _batch_noise(plan.noise, batch)
         progress = partial(_progress, on_progress, iteration, plan.n_iter)
@@ -111,11 +143,13 @@ def generate(
                 base = _base_pass(plan, batch)
                 _use_loras(models, models.base, plan.loras, output)
                 refiner = refiner_stage(plan, models, models.base, hires_pass=False)
-                images = img2img_pass(models, plan, batch, noise, base, progress("base"), output, refiner)
+                images = img2img_pass(
+                    models, plan, batch, noise, base, progress("base"), output, refiner, stop
+                )
             else:
                 # 1–2. Base pass from noise, then hires fix; 3. decode; 4. face restoration (A1111 restores
                 # each decoded image before the scripts' postprocess_image).
-                latents, pipe = _txt2img(plan, models, batch, noise, progress, output)
+                latents, pipe = _txt2img(plan, models, batch, noise, progress, output, stop)
                 images = pipe.decode_to_images(latents)
                 if models.control is not None:
                     # sd-webui-controlnet's pixel steps (postprocess_batch_list) come before face restoration.
@@ -125,7 +159,11 @@ def generate(
                 )
 
         # 5. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
-        output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output)
+        output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output, stop)
+        if stop.took_effect():
+            output.notes.append(
+                f"{stop.reason}: the images of batch {iteration + 1} of {plan.n_iter} are unfinished"
+            )
     return output
 
 
@@ -144,7 +182,7 @@ def _base_pass(plan: GenerationPlan, batch: slice) -> PassRequest:
     )
 
 
-def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpec, progress, output):
+def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpec, progress, output, stop):
     """The base pass from noise and, when asked, hires fix's second pass, each handing over to the refiner
     where A1111 would. Returns (latents, the pipeline whose VAE decodes them)."""
     base = _base_pass(plan, batch)
@@ -158,11 +196,14 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
         models.embeddings,
         models.control,
         refiner=refiner_stage(plan, models, models.base, hires_pass=False),
+        should_stop=stop.requested,
     )
     output.add(result)
     # A1111 decodes with the checkpoint loaded when the pass ends: the refiner's VAE after a switch.
     first_pipe = models.refiner if result.refined else models.base
-    if plan.hires is None:
+    # An interrupted job keeps its first-pass latents (A1111 `sample_hr_pass`); a skipped one still upscales,
+    # and its second pass stops at once with the upscaled latents.
+    if plan.hires is None or stop.interrupted:
         return result.latents, first_pipe
 
     # Hires fix: upscale, then a second pass from the upscaled latents with fresh noise from the same seeds.
@@ -194,6 +235,7 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
         models.embeddings,
         models.control,
         refiner=refiner_stage(plan, models, pipe, hires_pass=True),
+        should_stop=stop.requested,
     )
     output.add(result)
     return result.latents, models.refiner if result.refined else pipe
@@ -237,13 +279,15 @@ def _control_applied(models: Models):
     return models.control.applied(*unets)
 
 
-def _detail_all(plan, models, images, batch, progress, output):
+def _detail_all(plan, models, images, batch, progress, output, stop):
     if not models.detailers:
         return images
-    return [_detail(plan, models, image, batch.start + i, progress, output) for i, image in enumerate(images)]
+    return [
+        _detail(plan, models, image, batch.start + i, progress, output, stop) for i, image in enumerate(images)
+    ]
 
 
-def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, output: GenerationOutput):
+def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, output: GenerationOutput, stop):
     target = DetailTarget(
         image=image,
         index=index,
@@ -254,8 +298,15 @@ def _detail(plan: GenerationPlan, models: Models, image, index: int, progress, o
     )
     networks = models.loras if plan.extra_networks_enabled else None
     return detail_image(
-        target, models.detailers, plan.prompt_options, progress, models.embeddings, output, networks,
+        target,
+        models.detailers,
+        plan.prompt_options,
+        progress,
+        models.embeddings,
+        output,
+        networks,
         models.make_control,
+        should_stop=stop.requested,
     )
 
 
@@ -278,6 +329,12 @@ def upscale_for_hires(
     crop_x, crop_y = hires.crop
     height, width = upscaled.shape[2], upscaled.shape[3]
     return upscaled[:, :, crop_y // 2 : height - (crop_y + 1) // 2, crop_x // 2 : width - (crop_x + 1) // 2]
+
+
+def _not_generated(first: int, iterations: int) -> str:
+    if first + 1 == iterations:
+        return f"batch {iterations} of {iterations} was not generated"
+    return f"batches {first + 1} to {iterations} of {iterations} were not generated"
 
 
 def _batch_noise(noise: NoiseSpec, batch: slice) -> NoiseSpec:

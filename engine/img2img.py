@@ -43,11 +43,12 @@ def img2img_pass(
     on_step,
     output,
     refiner=None,
+    stop=None,
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
     original back outside the mask), decode, restore faces and paste back. Counts the pass into `output`;
     returns the images. `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where
-    A1111 would."""
+    A1111 would; `stop` (a StopSignal) can end the denoising early."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -70,7 +71,15 @@ def img2img_pass(
     conditioning = _image_conditioning(pipe, prepared, plan, init.mask_round, generator)
     init_latents = InitLatents(latents, repaint, conditioning)
     result = run_pass(
-        pipe, request, noise, init_latents, on_step, models.embeddings, models.control, refiner=refiner
+        pipe,
+        request,
+        noise,
+        init_latents,
+        on_step,
+        models.embeddings,
+        models.control,
+        refiner=refiner,
+        should_stop=stop.requested if stop is not None else None,
     )
     output.add(result)
     images = (refiner.pipe if result.refined else pipe).decode_to_images(result.latents)

@@ -168,8 +168,15 @@ def progress(engine, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def interrupt(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`POST /sdapi/v1/interrupt`: the running job stops at its next model call and returns its images so far."""
     engine.jobs.interrupt()
     return {}
+
+
+def skip(engine, payload: dict[str, Any]) -> None:
+    """`POST /sdapi/v1/skip`: the running job's current batch stops at its next model call; the job goes on.
+    A1111 answers null here (and `{}` to interrupt)."""
+    engine.jobs.skip()
 
 
 def memory(engine, payload: dict[str, Any]) -> dict[str, Any]:

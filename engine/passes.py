@@ -11,7 +11,7 @@ from engine.prompts.conditioning import build_conditioning
 from engine.prompts.options import PassShape, PromptOptions
 from engine.refiner import RefinerStage, SwitchingUNet
 from engine.sampling.guidance import GuidedUNet
-from engine.sampling.loop import StepCallback, denoise
+from engine.sampling.loop import StepCallback, StopCheck, denoise
 from engine.sampling.noise import ImageNoise
 from engine.sampling.schedulers import prepare_sampler
 
@@ -74,10 +74,12 @@ def run_pass(
     embeddings=None,
     control=None,
     refiner: RefinerStage | None = None,
+    should_stop: StopCheck | None = None,
 ) -> PassResult:
     """Denoise one batch: fresh per-image noise at this pass's size (A1111 draws it anew for hires fix and
     img2img, from the same seeds), a fresh sampler, the prompts' conditioning, then the loop. With a
-    `refiner` stage the loop continues on the refiner's UNet from A1111's switch point."""
+    `refiner` stage the loop continues on the refiner's UNet from A1111's switch point. When `should_stop`
+    ends the loop early, the result is the latest denoised estimate (see `denoise`)."""
     device = pipe.unet.device
     latent_shape = (
         LATENT_CHANNELS,
@@ -131,12 +133,20 @@ def run_pass(
             initial = control.initial_noise(initial, pipe)
     image_conditioning = _image_conditioning(pipe, request, noise, init)
     unet = GuidedUNet(
-        pipe.unet, request.guidance_scale, conditioning, control=stack, image_conditioning=image_conditioning
+        pipe.unet,
+        request.guidance_scale,
+        conditioning,
+        control=stack,
+        image_conditioning=image_conditioning,
+        rows_per_call=pipe.unet_rows_per_call,
     )
     start = initial * sampler.start_sigma
+    # What a stop before the first model call leaves (A1111's `last_latent` before sampling starts).
+    sampler.last_denoised = start
     if init is not None:
         init = replace(init, latents=init.latents.to(device=device, dtype=torch.float32))
         start = init.latents + start
+        sampler.last_denoised = init.latents
         if init.repaint_mask is not None:
             sampler.denoised_filter = init.blend
     predictor = unet
@@ -146,7 +156,7 @@ def run_pass(
         predictor = SwitchingUNet(
             unet, refiner, sampler, counted, lambda: _refiner_unet(refiner.pipe, request, embeddings)
         )
-    latents = denoise(sampler, start, predictor, on_step)
+    latents = denoise(sampler, start, predictor, on_step, should_stop)
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
     extra, notes = dict(conditioning.extra_generation_params), conditioning.notes
@@ -173,7 +183,7 @@ def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> Guid
         parse=parse_prompt_attention,
         embeddings=embeddings,
     )
-    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning)
+    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning, rows_per_call=pipe.unet_rows_per_call)
 
 
 def _image_conditioning(pipe: A1111Pipeline, request: PassRequest, noise: NoiseSpec, init: InitLatents | None):

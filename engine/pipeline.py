@@ -50,6 +50,8 @@ class A1111Pipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # When the VAE runs in tiles (large hires images); automatic unless the worker's settings say otherwise.
         self.vae_tiling = VaeTiling()
+        # Rows per UNet call (None: the whole CFG batch at once); views for a lower-memory retry lower it.
+        self.unet_rows_per_call: int | None = None
 
     @property
     def is_sdxl(self) -> bool:
@@ -76,6 +78,15 @@ class A1111Pipeline(DiffusionPipeline):
         """A pipeline sharing every component but the VAE, for one request's `sd_vae`; `self` is untouched."""
         view = A1111Pipeline(**{**self.components, "vae": vae})
         view.vae_tiling = self.vae_tiling
+        view.unet_rows_per_call = self.unet_rows_per_call
+        return view
+
+    def with_low_memory(self, vae_tiling: VaeTiling, unet_rows_per_call: int) -> "A1111Pipeline":
+        """A view sharing every component that runs the VAE in `vae_tiling`'s tiles and the UNet on at most
+        `unet_rows_per_call` rows at a time, for one retried request; `self` is untouched."""
+        view = A1111Pipeline(**self.components)
+        view.vae_tiling = vae_tiling
+        view.unet_rows_per_call = unet_rows_per_call
         return view
 
     def prompt_encoder(self, parse: Parser, comma_backtrack: int = 20) -> PromptEncoder:

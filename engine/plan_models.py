@@ -95,7 +95,12 @@ def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Model
     if refiner is not None:
         _check_refiner(refiner, base, resolved.refiner)
     detailers = tuple(
-        (unit, other(entry) or base, engine.detectors.get(path), _restorer(engine, unit.face_restoration))
+        (
+            unit,
+            other(entry) or base,
+            engine.detectors.get(path, unit.model_field),
+            _restorer(engine, unit.face_restoration),
+        )
         for unit, entry, path in zip(
             plan.detailers, resolved.detailer_checkpoints, resolved.detectors, strict=True
         )

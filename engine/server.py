@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import EngineError, NotFoundError, RequestError
-from engine.wire.routes import GENERATION_REQUESTS, HTTP_FIELDS, ROUTES, JobInterrupted, route
+from engine.wire.routes import GENERATION_REQUESTS, HTTP_FIELDS, ROUTES, route
 
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class PngInfoRequest(BaseModel):
 
 # HTTP status per error kind. A1111 answers bad input with 4xx from HTTPException and anything else with 500;
 # the body always has its four keys (`api_middleware.handle_exception`).
-STATUS = ((NotFoundError, 404), (RequestError, 422), (JobInterrupted, 409), (EngineError, 500))
+STATUS = ((NotFoundError, 404), (RequestError, 422), (EngineError, 500))
 
 
 def create_app(engine) -> FastAPI:

@@ -17,6 +17,7 @@ from engine.errors import RequestError
 from engine.generate import GenerationOutput, Models, Progress, generate
 from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
+from engine.memory import LOW_MEMORY_UNET_ROWS, LOW_MEMORY_VAE_TILING, run_with_memory_fallback
 from engine.networks.session import LoraSession
 from engine.options import OptionsStore
 from engine.pipeline import INPAINTING_MASK_WEIGHT
@@ -26,6 +27,7 @@ from engine.prompts.embeddings import EmbeddingDatabase
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
+from engine.resources.model_files import load_listed
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
 from engine.restore.registry import FaceRestorers
 from engine.seamless import circular_padding
@@ -34,11 +36,14 @@ from engine.translate import to_img2img_plan, to_plan
 from engine.upscale.registry import Upscalers
 from engine.wire import info as infotexts
 from engine.wire.img2img import Img2ImgRequest
-from engine.wire.routes import JobState, dispatch
+from engine.wire.routes import JobState, RunningJob, dispatch
 from engine.wire.txt2img import Txt2ImgRequest
 
 
 logger = logging.getLogger(__name__)
+
+# The field a checkpoint is named by in errors (hires and ADetailer checkpoints load through the same cache).
+CHECKPOINT_FIELD = "sd_model_checkpoint"
 
 
 @dataclass
@@ -87,17 +92,21 @@ class Engine:
         self._pipelines = PipelineCache(
             self._load,
             budget_bytes=resolve_budget(settings.model_memory_budget_gb, self.precision.device),
-            estimate=lambda entry: estimate_checkpoint_bytes(entry.path, self.precision.dtype),
+            estimate=self._estimate,
         )
         self.options = OptionsStore(self.catalog, self.default_checkpoint)
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
-        self.detectors = DetectorCache(device=str(self.precision.device))
+        self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
         self.restorers = FaceRestorers(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.control_models = ControlModels(
-            settings.models_dir, settings.config_roots, self.precision.device, self.precision.dtype
+            settings.models_dir,
+            settings.config_roots,
+            self.precision.device,
+            self.precision.dtype,
+            catalog=self.catalog,
         )
         self._generation_lock = threading.Lock()
 
@@ -116,9 +125,8 @@ class Engine:
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        return self._generate(
-            request, to_plan(request, self.settings, defaults=self.options.for_request()), on_progress
-        )
+        plan = to_plan(request, self.settings, defaults=self.options.for_request())
+        return self._generate("txt2img", request, plan, on_progress)
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
@@ -126,20 +134,25 @@ class Engine:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
         plan = to_img2img_plan(request, self.settings, defaults=self.options.for_request())
-        result = self._generate(request, plan, on_progress)
+        result = self._generate("img2img", request, plan, on_progress)
         if not request.include_init_images:
             # A1111 does not echo the (large) init images and mask unless asked to.
             result.parameters.update(init_images=None, mask=None)
         return result
 
-    def _generate(self, request, plan: GenerationPlan, on_progress) -> GenerationResult:
+    def _generate(self, name: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
         # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
         self.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
         # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
         entry = self.resolve_checkpoint(plan.checkpoint)
         resolved = resolve_models(self, plan, entry)
         job_timestamp = time.strftime("%Y%m%d%H%M%S")
-        with self._generation_lock:
+        # The job shows in `GET /progress` and can be interrupted or skipped once it holds the lock.
+        passes = 2 if plan.hires else 1
+        with (
+            self._generation_lock,
+            self.jobs.running(name, request.force_task_id, passes, self.settings.job_timeout_s) as running,
+        ):
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
             models = load_models(self, plan, resolved)
@@ -158,7 +171,7 @@ class Engine:
                     seed=plan.noise.seeds[0] + plan.noise.subseeds[0],
                 )
                 models = replace(models, control=control)
-            output, lora_notes = self._run(plan, models, on_progress)
+            output, lora_notes, memory_note = self._run(plan, models, running, on_progress)
         # A1111's order: scripts' and hires keys (planned), then Lora hashes, then TI hashes / Emphasis, then
         # what sampling wrote (the refiner's keys).
         extra = {**dict(plan.infotext_extra), **output.infotext_params()}
@@ -175,9 +188,10 @@ class Engine:
                 strict=True,
             )
         ]
+        made = len(output.images)  # fewer than planned when the job was interrupted
         return GenerationResult(
             images=output.images,
-            infotexts=[infotexts.infotext(fields, record) for record in records],
+            infotexts=[infotexts.infotext(fields, record) for record in records[:made]],
             info=infotexts.info_json(
                 fields,
                 records,
@@ -186,11 +200,13 @@ class Engine:
                 job_timestamp=job_timestamp,
                 denoising_strength=request.denoising_strength if plan.hires or plan.init else None,
                 extra_keys={"is_using_inpainting_conditioning": True} if models.base.is_inpainting else None,
+                image_count=made,
             ),
             parameters=request.parameters(),
             warnings=[
                 *plan.warnings,
                 *lora_notes,
+                *([memory_note] if memory_note else []),
                 *output.notes,
                 *(models.control.notes if models.control else []),
             ],
@@ -203,16 +219,26 @@ class Engine:
         """ADetailer's ControlNet for one inpaint pass: the same preparation as the request's units."""
         return prepare_control(units, self.catalog, self.control_models, size, seed=seed)
 
-    def _run(self, plan: GenerationPlan, models: Models, on_progress) -> tuple[GenerationOutput, list[str]]:
+    def _run(
+        self, plan: GenerationPlan, models: Models, running: RunningJob, on_progress
+    ) -> tuple[GenerationOutput, list[str], str | None]:
         """Generate with the request's changes to shared modules in place, all undone afterwards even when the
-        request fails: circular padding for `tiling`, and the LoRAs each pass activates. Returns the output
-        and the LoRA notes."""
+        request fails: circular padding for `tiling`, and the LoRAs each pass activates. Out of memory, the
+        plan runs once more on lower-memory views of the models (engine.memory). Returns the output, the LoRA
+        notes and the note of that retry (None without one)."""
         with circular_padding(plan.tiling, _unets_and_vaes(models)) as padding:
             # A LoRA's own convolutions (LoCon) are padded like the layers they extend.
             after_load = (lambda pipe: padding.cover(pipe.unet)) if padding is not None else None
             with LoraSession(self.catalog, after_load=after_load) as loras:
-                output = generate(plan, replace(models, loras=loras), on_progress)
-        return output, loras.notes
+
+                def attempt(low_memory: bool) -> GenerationOutput:
+                    chosen = replace(models, loras=loras)
+                    if low_memory:
+                        chosen = chosen.with_low_memory(LOW_MEMORY_VAE_TILING, LOW_MEMORY_UNET_ROWS)
+                    return generate(plan, chosen, running.reporter(on_progress), running.stop)
+
+                output, memory_note = run_with_memory_fallback(attempt, self.precision.device)
+        return output, loras.notes, memory_note
 
     def warm_up(self) -> None:
         """Load the default checkpoint (and any `PRELOAD` ones) now rather than on the first request."""
@@ -249,9 +275,23 @@ class Engine:
         # Like A1111 with no configured model: the first checkpoint in name order.
         return checkpoints[0] if checkpoints else None
 
+    def _estimate(self, entry: CheckpointEntry) -> int:
+        # Reads the file's header: a damaged or vanished file fails here, before residents are evicted for it.
+        return load_listed(
+            self.catalog,
+            entry.path,
+            CHECKPOINT_FIELD,
+            lambda: estimate_checkpoint_bytes(entry.path, self.precision.dtype),
+        )
+
     def _load(self, entry: CheckpointEntry):
         started = time.perf_counter()
-        pipeline = load_pipeline(entry.path, self.settings.config_roots, self.precision)
+        pipeline = load_listed(
+            self.catalog,
+            entry.path,
+            CHECKPOINT_FIELD,
+            lambda: load_pipeline(entry.path, self.settings.config_roots, self.precision),
+        )
         pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
         logger.info(
             "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device

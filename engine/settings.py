@@ -34,6 +34,8 @@ class Settings:
     vae_tile_above_pixels: int | None = None
     # Memory the resident checkpoints may take (GB); None: derived from the device (see resources.cache).
     model_memory_budget_gb: float | None = None
+    # Seconds a generation may run before it is stopped like an interrupt (images so far kept); None: no limit.
+    job_timeout_s: float | None = None
     # Checkpoints loaded before the first request (names as in payloads); empty = the default only.
     preload: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -48,7 +50,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS` and `PRELOAD` (comma-separated) from the environment."""
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S` and `PRELOAD` (comma-separated) from the
+        environment."""
         from engine.resources.catalog import locate_models_root
 
         env = os.environ if env is None else env
@@ -66,6 +69,7 @@ class Settings:
             "model_memory_budget_gb": float(env["MODEL_MEMORY_BUDGET_GB"])
             if env.get("MODEL_MEMORY_BUDGET_GB")
             else None,
+            "job_timeout_s": _positive_float(env, "JOB_TIMEOUT_S"),
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
         }
         values = {k: v for k, v in values.items() if v is not None}
@@ -80,3 +84,16 @@ def _int(env: Mapping[str, str], key: str) -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"environment variable {key} must be an integer, got {raw!r}") from None
+
+
+def _positive_float(env: Mapping[str, str], key: str) -> float | None:
+    raw = env.get(key)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {key} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"environment variable {key} must be positive, got {raw!r}")
+    return value

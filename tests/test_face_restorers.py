@@ -122,3 +122,16 @@ def test_without_spandrel_extra_arches_codeformer_is_not_offered(sd15_engine, mo
     assert sd15_engine.restorers.installed() == ["GFPGAN"]
     with pytest.raises(NotFoundError, match="needs the no_such_package_here package"):
         sd15_engine.restorers.resolve("CodeFormer")
+
+
+def test_a_damaged_restorer_file_is_one_clear_error(tmp_path, demo_models):
+    from engine.errors import ModelFileError
+
+    (tmp_path / "GFPGAN").mkdir()
+    for file in (demo.DETECTOR_FILE, demo.PARSER_FILE):
+        (tmp_path / file).symlink_to(demo_models / file)
+    data = (demo_models / demo.GFPGAN_FILE).read_bytes()
+    (tmp_path / demo.GFPGAN_FILE).write_bytes(data[: len(data) // 2])
+    engine = Engine.from_models_dir(tmp_path, device="cpu")
+    with pytest.raises(ModelFileError, match="GFPGAN.*GFPGANv1.4.pth"):
+        engine.restorers.get("GFPGAN")

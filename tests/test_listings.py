@@ -16,8 +16,9 @@ from engine.generate import Progress
 from engine.imaging.png import ImageEncoding, encode_base64, encode_image, read_infotext
 from engine.options import DEFAULTS, OptionsStore
 from engine.resources.catalog import ModelCatalog
+from engine.stopping import Deadline, StopSignal
 from engine.translate.common import OVERRIDE_SETTINGS
-from engine.wire.routes import GENERATION_REQUESTS, ROUTES, JobInterrupted, JobState, route
+from engine.wire.routes import GENERATION_REQUESTS, ROUTES, JobState, route
 
 
 # --- the table ---------------------------------------------------------------------------------------------
@@ -54,6 +55,7 @@ REQUIRED = [
         "png-info",
         "extra-single-image",
         "interrupt",
+        "skip",
     )
 ]
 
@@ -279,9 +281,9 @@ def test_encoding_prefers_the_request_then_the_options(options):
 def test_progress_follows_a1111s_formula():
     jobs = JobState()
     assert jobs.progress()["state"]["job_count"] == 0 and jobs.progress()["progress"] == 0
-    with jobs.running("txt2img", "task(abc)", passes=2) as record:
+    with jobs.running("txt2img", "task(abc)", passes=2) as job:
         # Second batch of two, hires pass, step 5 of 10: A1111 counts 4 jobs, this is job 3 (0-based).
-        record(Progress(iteration=1, iterations=2, call=4, total=10, stage="hires"))
+        job.record(Progress(iteration=1, iterations=2, call=4, total=10, stage="hires"))
         shown = jobs.progress()
         assert shown["state"]["job_count"] == 4 and shown["state"]["job_no"] == 3
         assert shown["progress"] == pytest.approx(0.01 + 3 / 4 + 5 / 10 / 4)
@@ -289,14 +291,33 @@ def test_progress_follows_a1111s_formula():
     assert jobs.progress()["current_task"] is None
 
 
-def test_interrupt_stops_the_running_job_at_its_next_step_only():
+def test_interrupt_and_skip_flag_the_running_job_only():
     jobs = JobState()
-    jobs.interrupt()  # idle: no effect, as in A1111 (the flag is reset when a job begins)
-    with jobs.running("txt2img", None, passes=1) as record:
-        record(Progress(0, 1, 0, 4))
+    jobs.interrupt()  # idle: no effect, as in A1111 (the flags are reset when a job begins)
+    jobs.skip()
+    with jobs.running("txt2img", None, passes=1) as job:
+        assert not job.stop.requested()
+        jobs.skip()
+        state = jobs.progress()["state"]
+        assert state["skipped"] is True and state["interrupted"] is False and job.stop.requested()
+        job.stop.begin_iteration()  # the next batch: a skip no longer applies
+        assert not job.stop.requested() and jobs.progress()["state"]["skipped"] is False
         jobs.interrupt()
-        assert jobs.progress()["state"]["interrupted"] is True
-        with pytest.raises(JobInterrupted, match="^interrupted: stopped by POST /sdapi/v1/interrupt"):
-            record(Progress(0, 1, 1, 4))
-    with jobs.running("txt2img", None, passes=1) as record:
-        record(Progress(0, 1, 0, 4))
+        assert jobs.progress()["state"]["interrupted"] is True and job.stop.requested()
+        job.stop.begin_iteration()  # an interrupt lasts for the rest of the job
+        assert job.stop.interrupted and job.stop.reason == "interrupted by POST /sdapi/v1/interrupt"
+    with jobs.running("txt2img", None, passes=1) as job:
+        assert not job.stop.requested() and jobs.progress()["state"]["interrupted"] is False
+
+
+def test_a_job_timeout_interrupts_the_job():
+    now = [100.0]
+    stop = StopSignal(Deadline(seconds=30, started=now[0]), clock=lambda: now[0])
+    now[0] += 29.9
+    assert not stop.requested()
+    now[0] += 0.1
+    assert stop.requested() and stop.interrupted
+    assert stop.reason == "stopped by the job timeout (JOB_TIMEOUT_S=30 s)"
+    stop.interrupt()  # the first reason stays
+    assert stop.reason.startswith("stopped by the job timeout")
+

@@ -94,9 +94,36 @@ def test_progress_answers_while_a_job_runs_and_interrupt_stops_it(client):
     assert 0 < progress["progress"] < 1 and progress["current_task"].startswith("task(")
     assert client.post("/sdapi/v1/interrupt").json() == {}
     job.join(timeout=60)
+    # As A1111: the job stops at its next step and returns the image it has.
     response = outcome["response"]
-    assert response.status_code == 409 and "interrupt" in response.json()["detail"]
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["images"]) == 1 and body["warnings"] == [
+        "interrupted by POST /sdapi/v1/interrupt: the images of batch 1 of 1 are unfinished"
+    ]
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_skip_ends_the_current_batch_and_the_job_goes_on(client):
+    outcome = {}
+    payload = {**SMALL, "steps": 150, "n_iter": 2}
+    job = threading.Thread(target=lambda: outcome.update(response=client.post("/sdapi/v1/txt2img", json=payload)))
+    job.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] == 0:
+        time.sleep(0.02)
+    assert client.post("/sdapi/v1/skip").json() is None  # A1111's answer
+    state = client.get("/sdapi/v1/progress").json()["state"]
+    assert state["skipped"] is True or state["job_no"] == 1  # flagged, or already on the next batch
+    # The second batch runs whole: interrupt it too, so the test stays short.
+    while time.monotonic() < deadline and client.get("/sdapi/v1/progress").json()["state"]["job_no"] == 0:
+        time.sleep(0.02)
+    client.post("/sdapi/v1/interrupt")
+    job.join(timeout=60)
+    body = outcome["response"].json()
+    assert len(body["images"]) == 2
+    assert body["warnings"][0] == "skipped by POST /sdapi/v1/skip: the images of batch 1 of 2 are unfinished"
+    assert body["warnings"][1].startswith("interrupted by POST /sdapi/v1/interrupt: the images of batch 2 of 2")
 
 
 def test_concurrent_requests_are_queued_and_match_a_lone_request(client):

@@ -14,11 +14,13 @@ from engine.control.faces import FaceAnalyser, find_antelopev2
 from engine.control.maps.annotators import AnnotatorStore
 from engine.errors import NotFoundError, UnsupportedError
 from engine.resources.cache import ResidentCache
+from engine.resources.model_files import load_listed
 
 
 logger = logging.getLogger(__name__)
 
 CONTROLNET_CLASS = "ControlNetModel"
+CONTROLNET_FIELD = "controlnet.model"
 UNION_CLASS = "ControlNetUnionModel"
 ADAPTER_CLASS = "T2IAdapter"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -46,16 +48,18 @@ def file_kind(keys) -> str:
 
 
 class ControlModels:
-    """The control models a request needs, loaded on first use straight to the device and dtype."""
+    """The control models a request needs, loaded on first use straight to the device and dtype. With the
+    `catalog` that lists them, a damaged or vanished file is reported by name and nothing is cached for it."""
 
     def __init__(self, models_root: Path, config_roots: Sequence[Path], device: torch.device,
-                 dtype: torch.dtype, capacity: int = 2):
+                 dtype: torch.dtype, capacity: int = 2, catalog=None):
         self.models_root = Path(models_root)
+        self.catalog = catalog
         self.config_roots = tuple(Path(root) for root in config_roots)
         self.device = torch.device(device)
         self.dtype = dtype
-        self._controlnets = ResidentCache(self._load_controlnet, capacity)
-        self._ip_adapters = ResidentCache(self._load_ip_adapter, 1)
+        self._controlnets = ResidentCache(self._checked(self._load_controlnet), capacity)
+        self._ip_adapters = ResidentCache(self._checked(self._load_ip_adapter), 1)
         self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 1)
         self._annotators = AnnotatorStore(self.models_root, self.device)
 
@@ -73,6 +77,15 @@ class ControlModels:
 
     def face_analyser(self) -> FaceAnalyser:
         return self._face_analysers.get(find_antelopev2(self.models_root))
+
+    def resident(self) -> list[Path]:
+        """The ControlNet and IP-Adapter files loaded now."""
+        return [*self._controlnets.resident(), *self._ip_adapters.resident()]
+
+    def _checked(self, load):
+        if self.catalog is None:
+            return load
+        return lambda path: load_listed(self.catalog, path, CONTROLNET_FIELD, lambda: load(path))
 
     def _load_controlnet(self, path: Path):
         from diffusers import ControlNetModel  # deferred: importing diffusers models costs seconds

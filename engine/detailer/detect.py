@@ -98,25 +98,40 @@ def _segment_mask(data: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 
 class DetectorCache:
-    """Detectors by file, each loaded on first use and kept (ADetailer reloads the model for every image)."""
+    """Detectors by file, each loaded on first use and kept (ADetailer reloads the model for every image).
 
-    def __init__(self, device: str = "auto", image_size: int = DEFAULT_IMAGE_SIZE):
+    With the `catalog` that lists the files, a damaged or vanished file is reported by name (and nothing is
+    cached for it)."""
+
+    def __init__(self, device: str = "auto", image_size: int = DEFAULT_IMAGE_SIZE, catalog=None):
         self.device = device
         self.image_size = image_size
+        self.catalog = catalog
         self._detectors: dict[Path, YoloDetector] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: Path) -> YoloDetector:
+    def get(self, path: Path, field: str = "ad_model") -> YoloDetector:
         key = Path(path).resolve()
         with self._lock:
             if key not in self._detectors:
-                self._detectors[key] = YoloDetector(key, self.device, self.image_size)
+                self._detectors[key] = self._load(Path(path), key, field)
             return self._detectors[key]
+
+    def resident(self) -> list[Path]:
+        with self._lock:
+            return list(self._detectors)
 
     def for_model(self, catalog: "ModelCatalog", name: str, field: str = "ad_model") -> YoloDetector:
         """The detector for an `ad_model` name, resolved in the catalog's `adetailer` folder (unknown name →
         `NotFoundError` on `field` listing the models there)."""
-        return self.get(catalog.find_file("adetailer", name, field).path)
+        return self.get(catalog.find_file("adetailer", name, field).path, field)
+
+    def _load(self, path: Path, key: Path, field: str) -> YoloDetector:
+        if self.catalog is None:
+            return YoloDetector(key, self.device, self.image_size)
+        from engine.resources.model_files import load_listed  # deferred: it imports torch
+
+        return load_listed(self.catalog, path, field, lambda: YoloDetector(key, self.device, self.image_size))
 
 
 def ad_model_names(catalog: "ModelCatalog") -> list[str]:

@@ -33,17 +33,30 @@ class DetailTarget:
 
 
 def detail_image(
-    target: DetailTarget, units, prompt_options: PromptOptions, on_step, embeddings, output, loras=None,
+    target: DetailTarget,
+    units,
+    prompt_options: PromptOptions,
+    on_step,
+    embeddings,
+    output,
+    loras=None,
     make_control=None,
+    should_stop=None,
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
     `postprocess_image` with chained `process_images`). `units` holds each DetailerPlan with its
     (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput).
     `loras` (a `LoraSession`, None when extra networks are disabled) activates each mask prompt's `<lora:…>`
     tags. `make_control(units, size, seed)` prepares a unit's `ad_controlnet_*` ControlNet
-    (`engine.control.request.prepare_control`)."""
+    (`engine.control.request.prepare_control`).
+
+    `should_stop` (interrupt, skip, timeout) is asked before each unit, as ADetailer checks
+    `state.interrupted or state.skipped`, and before every model call: a mask cut short keeps its partial
+    inpaint and the masks after it are left alone."""
     image = target.image
     for unit, pipe, detector, restorer in units:
+        if should_stop is not None and should_stop():
+            break
         found = detector.detect(image, unit.confidence)
         masks = prepare_masks(found, unit.mask_options)
         if not masks:
@@ -61,7 +74,11 @@ def detail_image(
             seed,
             subseed,
         ):
-            context = (target, prompt_options, on_step, embeddings, output, loras, make_control, restorer)
+            if should_stop is not None and should_stop():
+                break
+            context = (
+                target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop, restorer
+            )
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
@@ -69,7 +86,7 @@ def detail_image(
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j; with
     `ad_restore_face`, the inpainted crop's faces are restored before it is pasted back (A1111's order)."""
-    target, prompt_options, on_step, embeddings, output, loras, make_control, restorer = context
+    target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop, restorer = context
     # A1111's inner img2img activates the extra networks of its own prompt (none: every LoRA off), on the
     # unit's checkpoint; the tags leave the text either way.
     prompt, tags = extract_extra_networks(mask_prompt.prompt)
@@ -110,7 +127,10 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     )
     noise = replace(target.noise, seeds=(mask_prompt.seed,), subseeds=(mask_prompt.subseed,))
     control = _detail_control(unit, image, mask, make_control, mask_prompt)
-    result = run_pass(pipe, request, noise, InitLatents(init, repaint, conditioning), on_step, embeddings, control)
+    init_latents = InitLatents(init, repaint, conditioning)
+    result = run_pass(
+        pipe, request, noise, init_latents, on_step, embeddings, control, should_stop=should_stop
+    )
     output.add(result)
     decoded = pipe.decode_to_images(result.latents)
     if control is not None:

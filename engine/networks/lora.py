@@ -5,6 +5,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,9 +13,10 @@ from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLL
 from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 from safetensors.torch import load_file
 
-from engine.errors import NotFoundError
+from engine.errors import ModelFileError, NotFoundError
 from engine.networks import LoraRequest
 from engine.resources.catalog import LoraEntry, ModelCatalog
+from engine.resources.model_files import load_listed
 
 
 logger = logging.getLogger(__name__)
@@ -105,8 +107,17 @@ def _load_all(
             continue
         adapter = f"{ADAPTER_PREFIX}{index}"
         try:
+            state_dict = load_listed(catalog, entry.path, "lora", partial(_read_state_dict, entry.path))
+        except NotFoundError:  # removed after it was listed: gone, as A1111 reports a missing network
+            missing.append(name)
+            continue
+        except ModelFileError as exc:  # damaged: A1111 logs the failure and generates without it
+            logger.warning("cannot load LoRA %s: %s", name, exc.message)
+            applied.notes.append(f"LoRA {name!r} skipped: {exc.message}")
+            continue
+        try:
             with _quiet(NOISY_LOADER_LOG):
-                view.load_lora_weights(_read_state_dict(entry.path), adapter_name=adapter)
+                view.load_lora_weights(state_dict, adapter_name=adapter)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             # A load can fail after some components took the adapter: take it out of them now, so the
             # request runs without it (the final unload removes what is left either way).

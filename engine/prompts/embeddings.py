@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.resources.catalog import ModelCatalog, ModelFile
+from engine.resources.model_files import damage, relative_name
 
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class EmbeddingDatabase:
             if version is None or version[0] == 0:
                 continue  # gone meanwhile, or empty: A1111 skips empty files (a copy in progress)
             known = self._by_file.get(entry.path)
-            result = known[1] if known and known[0] == version else _load_or_reason(entry)
+            result = known[1] if known and known[0] == version else _load_or_reason(entry, self.catalog.root)
             by_file[entry.path] = (version, result)
             if entry.stem in loaded or entry.stem in failed:
                 logger.warning("textual inversion: two files are named %r; using %s", entry.stem, entry.path)
@@ -168,12 +169,17 @@ class EmbeddingDatabase:
         self._loaded, self._failed, self._by_file = loaded, failed, by_file
 
 
-def _load_or_reason(entry: ModelFile) -> Embedding | str:
+def _load_or_reason(entry: ModelFile, root: Path) -> Embedding | str:
+    """The embedding, or why its file cannot be used (naming it relative to the models folder `root`)."""
+    problem = damage(entry.path, root)
+    if problem is not None:
+        logger.warning("textual inversion: skipping %s", problem)
+        return problem
     try:
         return load_embedding(entry)
     except EmbeddingFormatError as exc:
         logger.warning("textual inversion: skipping %s: %s", entry.path, exc)
-        return f"the file {exc}"
+        return f"{relative_name(entry.path, root)} {exc}"
 
 
 def _unusable_reason(embedding: Embedding, width: int, keys: Sequence[str]) -> str | None:

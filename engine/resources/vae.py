@@ -9,6 +9,7 @@ from engine.pipeline import A1111Pipeline
 from engine.resources.cache import ResidentCache
 from engine.resources.catalog import CheckpointEntry, ModelCatalog, VaeEntry
 from engine.resources.loader import Precision, checkpoint_config_folder, load_vae
+from engine.resources.model_files import load_listed
 
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class ExternalVaes:
         return self._loaded.resident()
 
     def _load(self, key: VaeKey):
-        return load_vae(key.path, key.config_folder, self.precision)
+        return load_listed(
+            self.catalog, key.path, SD_VAE_FIELD, lambda: load_vae(key.path, key.config_folder, self.precision)
+        )
 
 
 def vae_infotext_fields(vae: VaeEntry | None) -> dict[str, str | None]:

@@ -26,16 +26,12 @@ _PARSER_BODY = re.compile(r"^body\.(\d+)\.conv1\.conv2d\.weight$")
 
 @dataclass(frozen=True)
 class FaceModels:
-    """The loaded detector (`facexlib.detection.retinaface.RetinaFace`) and parser (`ParseNet`)."""
+    """The loaded detector (`facexlib.detection.retinaface.RetinaFace`) and parser (`ParseNet`), both in fp32
+    on `device` in eval mode (facexlib runs them with `half=False`)."""
 
     detector: torch.nn.Module
     parser: torch.nn.Module
     device: torch.device
-
-
-def load_face_models(detector_path: Path, parser_path: Path, device: torch.device) -> FaceModels:
-    """Both networks in fp32 on `device`, in eval mode (facexlib runs them with `half=False`)."""
-    return FaceModels(load_face_detector(detector_path, device), load_face_parser(parser_path, device), device)
 
 
 def load_face_detector(path: Path, device: torch.device) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from PIL import Image
 from engine.errors import NotFoundError, choices
 from engine.resources.cache import ResidentCache
 from engine.resources.catalog import ModelCatalog, natural_key
+from engine.resources.model_files import load_listed
 
 
 logger = logging.getLogger(__name__)
@@ -189,12 +190,19 @@ class FaceRestorers:
         from engine.restore.networks import load_restoration_net
 
         name, path = key
-        return load_restoration_net(path, RESTORER_MODELS[name].architecture, self.device)
+        architecture = RESTORER_MODELS[name].architecture
+        # A damaged or vanished file is one clear error naming it.
+        return load_listed(self.catalog, path, name, lambda: load_restoration_net(path, architecture, self.device))
 
     def _load_face_models(self, key: tuple[Path, Path]):
-        from engine.restore.face_models import load_face_models
+        from engine.restore.face_models import FaceModels, load_face_detector, load_face_parser
 
-        return load_face_models(*key, self.device)
+        detector_path, parser_path = key
+        detector = load_listed(self.catalog, detector_path, "face detector",
+                               lambda: load_face_detector(detector_path, self.device))
+        parser = load_listed(self.catalog, parser_path, "face parser",
+                             lambda: load_face_parser(parser_path, self.device))
+        return FaceModels(detector, parser, self.device)
 
 
 def _helper_file_names() -> str:

@@ -47,6 +47,8 @@ class GuidedUNet:
     `engine.control.residuals.ControlStack`) adds ControlNet residuals and IP-Adapter image tokens per call.
     `image_conditioning` (batch, C, h, w), one row per image, is concatenated to every row's input on the
     channel axis, as A1111's `c_concat` for inpainting checkpoints (mask + masked image's latent).
+    `rows_per_call` caps the rows of one UNet call (the lower-memory retry after running out of memory runs
+    one row at a time): the same result up to float rounding, less activation memory.
     """
 
     def __init__(
@@ -56,12 +58,14 @@ class GuidedUNet:
         conditioning_at: ConditioningAt,
         control=None,
         image_conditioning: torch.Tensor | None = None,
+        rows_per_call: int | None = None,
     ):
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.conditioning_at = conditioning_at
         self.control = control
         self.image_conditioning = image_conditioning
+        self.rows_per_call = rows_per_call
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, call_index: int) -> torch.Tensor:
@@ -101,6 +105,23 @@ class GuidedUNet:
 
     def _unet(self, x, t, context, added, call_index: int, rows: "Rows") -> torch.Tensor:
         self.calls += 1
+        size = self.rows_per_call
+        if size is None or len(x) <= size:
+            return self._unet_rows(x, t, context, added, call_index, rows)
+        chunks = [slice(start, start + size) for start in range(0, len(x), size)]
+        return torch.cat([
+            self._unet_rows(
+                x[chunk],
+                t,
+                context[chunk],
+                {key: value[chunk] for key, value in added.items()} if added else added,
+                call_index,
+                rows.sliced(chunk),
+            )
+            for chunk in chunks
+        ])
+
+    def _unet_rows(self, x, t, context, added, call_index: int, rows: "Rows") -> torch.Tensor:
         dtype = self.unet.dtype
         x, context = x.to(dtype), context.to(dtype)
         added = {k: v.to(dtype) for k, v in added.items()} if added else None
@@ -127,6 +148,12 @@ class Rows:
 
     cond_images: tuple[int, ...] | list[int] | range
     uncond_images: tuple[int, ...] | range
+
+    def sliced(self, rows: slice) -> "Rows":
+        """The rows `rows` of the batch (cond rows first, then uncond rows), as their own layout."""
+        count = len(self.cond_images)
+        uncond = slice(max(rows.start - count, 0), max(rows.stop - count, 0))
+        return Rows(tuple(self.cond_images[rows]), tuple(self.uncond_images[uncond]))
 
     def layout(self):
         from engine.control.residuals import RowLayout

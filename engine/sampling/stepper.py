@@ -73,6 +73,9 @@ class PreparedSampler:
             iterable that yields the next timestep as the run goes.
         start_sigma: multiply the initial noise by this (A1111 multiplies by the first sigma, not sqrt(σ²+1)).
         model_calls: UNet evaluations the run will make (each one CFG batch), or None for adaptive samplers.
+        last_denoised: what A1111 decodes when sampling stops early (`last_latent`): the denoised estimate of
+            the latest evaluation (after `denoised_filter`); before the first one, what the caller set (A1111:
+            the noised start latent in txt2img, the clean init latent in img2img).
     """
 
     def __init__(self, algorithm: Algorithm, space: Space, *, start_sigma: float, first_level: torch.Tensor,
@@ -88,6 +91,7 @@ class PreparedSampler:
         # Inpainting: A1111 replaces the denoised estimate outside the mask with the original latent at every
         # model call (`CFGDenoiser`, x0-space blend). Set to a callable denoised → denoised to do that.
         self.denoised_filter: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.last_denoised: torch.Tensor | None = None
         self.start_sigma = float(start_sigma)
         self.timesteps = timesteps if timesteps is not None else _LiveTimesteps(self)
         self.model_calls = None if timesteps is None else len(timesteps)
@@ -138,9 +142,11 @@ class PreparedSampler:
                               atol=1e-3):
             raise ValueError(f"step() got timestep {float(timestep)}, the sampler expects {float(expected)}")
         prediction = self._space.prediction(x, level, model_output)
+        denoised = self._space.to_denoised(x, level, prediction)
         if self.denoised_filter is not None:
-            denoised = self.denoised_filter(self._space.to_denoised(x, level, prediction))
+            denoised = self.denoised_filter(denoised)
             prediction = self._space.from_denoised(x, level, denoised)
+        self.last_denoised = denoised
         self._first_pending = False
         try:
             self._pending = self._run.send((x, prediction))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from engine.errors import UnsupportedError
 from engine.resources.cache import ResidentCache
+from engine.resources.model_files import load_listed
 from engine.upscale.grid import combine_grid, split_grid, transform_tiles
 from engine.upscale.pixel import PixelUpscaler
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 # A1111 settings `ESRGAN_tile` and `ESRGAN_tile_overlap` (defaults 192 and 8); a tile of 0 means no tiling.
 ESRGAN_TILE = 192
 ESRGAN_TILE_OVERLAP = 8
+UPSCALER_FIELD = "upscaler"
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,13 @@ class UpscaleModels:
         device: where models run.
         dtype: the precision for models that ask for half precision (fp16 on CUDA, fp32 on CPU).
         capacity: how many models stay loaded.
+        catalog: the catalog listing the files; with it, a damaged or vanished file is reported by name.
     """
 
-    def __init__(self, device: torch.device | str, dtype: torch.dtype, capacity: int = 1):
+    def __init__(self, device: torch.device | str, dtype: torch.dtype, capacity: int = 1, catalog=None):
         self.device = torch.device(device)
         self.dtype = dtype
+        self.catalog = catalog
         self._cache: ResidentCache[tuple[Path, bool], spandrel.ImageModelDescriptor] = ResidentCache(
             self._load, capacity
         )
@@ -55,14 +59,21 @@ class UpscaleModels:
         architecture supports it (A1111 `modelloader.load_spandrel_model(prefer_half=...)`)."""
         return self._cache.get((Path(path), prefer_half))
 
+    def resident(self) -> list[tuple[Path, bool]]:
+        return self._cache.resident()
+
     def _load(self, key: tuple[Path, bool]) -> spandrel.ImageModelDescriptor:
-        path, prefer_half = key
+        if self.catalog is None:
+            return self._load_file(*key)
+        return load_listed(self.catalog, key[0], UPSCALER_FIELD, lambda: self._load_file(*key))
+
+    def _load_file(self, path: Path, prefer_half: bool) -> spandrel.ImageModelDescriptor:
         try:
             descriptor = spandrel.ModelLoader(device="cpu").load_from_file(path)
         except spandrel.UnsupportedModelError as exc:
-            raise UnsupportedError("upscaler", f"{path.name} is not an upscaling model spandrel knows") from exc
+            raise UnsupportedError(UPSCALER_FIELD, f"{path.name} is not an upscaling model spandrel knows") from exc
         if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-            raise UnsupportedError("upscaler", f"{path.name} is a {descriptor.architecture.name} model, not an upscaler")
+            raise UnsupportedError(UPSCALER_FIELD, f"{path.name} is a {descriptor.architecture.name} model, not an upscaler")
         if descriptor.architecture.id != "ESRGAN":
             # A1111 warns and uses the model anyway; spandrel runs every architecture the same way.
             logger.warning("%s is a %s model, not ESRGAN; using it anyway", path.name, descriptor.architecture.name)

@@ -62,7 +62,7 @@ class Upscalers:
     def __init__(self, catalog: ModelCatalog, device: torch.device | str, dtype: torch.dtype,
                  tiling: Tiling | None = None, capacity: int = 1):
         self.catalog = catalog
-        self.models = UpscaleModels(device, dtype, capacity)
+        self.models = UpscaleModels(device, dtype, capacity, catalog=catalog)
         self.tiling = tiling or Tiling()
 
     def get(self, name: str, field: str = "hr_upscaler") -> Upscaler:

@@ -93,8 +93,11 @@ def info_json(
     job_timestamp: str,
     denoising_strength: float | None = None,
     extra_keys: dict[str, Any] | None = None,
+    image_count: int | None = None,
 ) -> str:
-    """The response's `info`: a JSON *string* with `Processed.js()`'s keys."""
+    """The response's `info`: a JSON *string* with `Processed.js()`'s keys. `image_count`: how many of the
+    planned `images` were made (an interrupted job has fewer); A1111 keeps every planned prompt and seed in
+    the `all_*` lists and gives infotexts for the images made only."""
     first = images[0]
     info = {
         "prompt": first.prompt,
@@ -123,7 +126,7 @@ def info_json(
         "denoising_strength": denoising_strength,
         "extra_generation_params": dict(fields.extra),
         "index_of_first_image": 0,
-        "infotexts": [infotext(fields, image) for image in images],
+        "infotexts": [infotext(fields, image) for image in images[:image_count]],
         "styles": styles,
         "job_timestamp": job_timestamp,
         "clip_skip": fields.clip_skip,

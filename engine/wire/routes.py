@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import EngineError, NotFoundError, RequestError
+from engine.errors import NotFoundError, RequestError
+from engine.stopping import Deadline, StopSignal
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.txt2img import GenerationRequest, Txt2ImgRequest
 
@@ -25,6 +26,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "sdapi/v1/png-info": {"POST": "png_info"},
     "sdapi/v1/progress": {"GET": "progress"},
     "sdapi/v1/interrupt": {"POST": "interrupt"},
+    "sdapi/v1/skip": {"POST": "skip"},
     "sdapi/v1/options": {"GET": "options", "POST": "set_options"},
     "sdapi/v1/samplers": {"GET": "samplers"},
     "sdapi/v1/schedulers": {"GET": "schedulers"},
@@ -62,10 +64,6 @@ QUEUED = {
     "refresh_loras",
     "refresh_embeddings",
 }
-
-
-class JobInterrupted(EngineError):
-    """The running job was stopped by `POST /sdapi/v1/interrupt`."""
 
 
 @dataclass(frozen=True)
@@ -122,15 +120,9 @@ def dispatch(engine, method: str, endpoint: str, payload: dict[str, Any], on_pro
 def _generate(engine, name: str, payload: dict[str, Any], on_progress) -> dict[str, Any]:
     request = GENERATION_REQUESTS[name].parse(payload)
     encoding = engine.options.encoding(request.override_settings)
-    passes = 2 if isinstance(request, Txt2ImgRequest) and request.enable_hr else 1
-    with engine.jobs.queue, engine.jobs.running(name, request.force_task_id, passes) as record:
-
-        def report(progress) -> None:
-            record(progress)
-            if on_progress is not None:
-                on_progress(progress)
-
-        result = getattr(engine, name)(request, report)
+    # The engine registers the job in `engine.jobs` (progress, interrupt, skip) once it runs.
+    with engine.jobs.queue:
+        result = getattr(engine, name)(request, on_progress)
     # In the format the options (or this request's override_settings) ask for.
     return result.response(send_images=request.send_images is not False, encoding=encoding)
 
@@ -148,20 +140,42 @@ class _Job:
     sampling_steps: int = 0
 
 
-class JobState:
-    """A1111's `shared.state` as the API shows it: the job running now (`GET /progress`), the interrupt flag,
-    and the queue that runs GPU jobs one at a time. Thread-safe."""
+@dataclass(frozen=True)
+class RunningJob:
+    """What a running generation gets from `JobState.running`: its stop signal and its progress recorder."""
 
-    def __init__(self):
+    stop: StopSignal
+    record: Callable[[Any], None]
+
+    def reporter(self, on_progress: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        """Records each `Progress` for `GET /progress`, then passes it on to `on_progress`."""
+
+        def report(progress) -> None:
+            self.record(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+        return report
+
+
+class JobState:
+    """A1111's `shared.state` as the API shows it: the job running now (`GET /progress`), its interrupt and
+    skip flags (`engine.stopping`), and the queue that runs GPU jobs one at a time. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        """`clock` measures job timeouts (seconds; tests pass their own)."""
         self.queue = threading.Lock()
         self._lock = threading.Lock()
+        self._clock = clock
         self._job: _Job | None = None
-        self._interrupted = False
+        self._stop: StopSignal | None = None
 
     @contextlib.contextmanager
-    def running(self, name: str, task_id: str | None, passes: int) -> Iterator[Callable[[Any], None]]:
-        """Mark a generation as running; yields the callback that records its `Progress` (and raises
-        `JobInterrupted` once an interrupt was asked for)."""
+    def running(
+        self, name: str, task_id: str | None, passes: int, timeout_s: float | None = None
+    ) -> Iterator[RunningJob]:
+        """Mark a generation as running, with fresh stop flags (A1111's `state.begin`) and, with `timeout_s`,
+        a deadline that interrupts it."""
         job = _Job(
             name,
             task_id or f"task({uuid.uuid4().hex[:15]})",
@@ -169,13 +183,14 @@ class JobState:
             time.time(),
             time.strftime("%Y%m%d%H%M%S"),
         )
+        stop = StopSignal(Deadline.after(timeout_s, self._clock), self._clock)
         with self._lock:
-            self._job, self._interrupted = job, False
+            self._job, self._stop = job, stop
         try:
-            yield self._record
+            yield RunningJob(stop, self._record)
         finally:
             with self._lock:
-                self._job, self._interrupted = None, False
+                self._job, self._stop = None, None
 
     def _record(self, progress) -> None:
         with self._lock:
@@ -186,20 +201,25 @@ class JobState:
                 job.job_count = progress.iterations * job.passes
                 job.job_no = progress.iteration * job.passes + (1 if progress.stage == "hires" else 0)
                 job.sampling_step, job.sampling_steps = progress.call + 1, progress.total or 0
-            if self._interrupted:
-                raise JobInterrupted("interrupted: stopped by POST /sdapi/v1/interrupt")
 
     def interrupt(self) -> None:
-        """Stop the running job at its next model call (no effect when idle, as in A1111)."""
+        """Stop the running job at its next model call, keeping its images so far (no effect when idle)."""
         with self._lock:
             if self._job is not None:
-                self._interrupted = True
+                self._stop.interrupt()
                 logger.info("interrupting %s", self._job.task_id)
+
+    def skip(self) -> None:
+        """End the running job's current batch at its next model call (no effect when idle)."""
+        with self._lock:
+            if self._job is not None:
+                self._stop.skip()
+                logger.info("skipping the current batch of %s", self._job.task_id)
 
     def progress(self) -> dict[str, Any]:
         """`GET /sdapi/v1/progress` (A1111 `progressapi`): progress 0..1, eta_relative (s), the state."""
         with self._lock:
-            job, interrupted = self._job, self._interrupted
+            job, stop = self._job, self._stop
             if job is None:
                 state = {
                     "skipped": False,
@@ -226,8 +246,8 @@ class JobState:
                 fraction += job.sampling_step / job.sampling_steps / job.job_count
             elapsed = time.time() - job.started
             state = {
-                "skipped": False,
-                "interrupted": interrupted,
+                "skipped": stop.skipped,
+                "interrupted": stop.interrupted,
                 "stopping_generation": False,
                 "job": f"scripts_{job.name}",
                 "job_count": job.job_count,
