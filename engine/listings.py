@@ -168,8 +168,8 @@ def latent_upscale_modes(engine, payload: dict[str, Any]) -> list[dict[str, str]
 
 
 def face_restorers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """None: GFPGAN/CodeFormer face restoration is not supported (`restore_faces` is refused)."""
-    return []
+    """`GET /sdapi/v1/face-restorers`: `{name, cmd_dir}` for each restorer whose weights are installed."""
+    return engine.restorers.listing()
 
 
 def prompt_styles(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:

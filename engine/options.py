@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "send_seed": True,
     "jpeg_quality": 80,
     "webp_lossless": False,
+    "face_restoration": False,
+    "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
 }
 
 

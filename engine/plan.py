@@ -78,6 +78,15 @@ class InitPlan:
 
 
 @dataclass(frozen=True)
+class FaceRestorationPlan:
+    """Restore the faces of each decoded image (A1111 `restore_faces` with `face_restoration_model`)."""
+
+    model: str  # a restorer name: "CodeFormer" or "GFPGAN"
+    weight: float  # CodeFormer's fidelity (A1111 `code_former_weight`): 0 strongest, 1 closest to the input
+    field: str = "face_restoration_model"  # where the model name came from, for errors
+
+
+@dataclass(frozen=True)
 class DetailerPlan:
     """One ADetailer unit, in diffusers' terms: detect → masks → inpaint each mask (only masked or whole)."""
 
@@ -98,6 +107,7 @@ class DetailerPlan:
     noise_multiplier: float = 1.0
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
+    face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
     controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
 
 
@@ -150,6 +160,7 @@ class GenerationPlan:
     vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
     vae_tiling: Any | None = None  # engine.imaging.vae_tiling.VaeTiling for this request; None: the worker's rule
     detailers: tuple[DetailerPlan, ...] = ()
+    face_restoration: FaceRestorationPlan | None = None  # after each image is decoded, before ADetailer
     refiner: RefinerPlan | None = None
     tiling: bool = False  # A1111 `tiling`: circular padding in every UNet and VAE convolution
     # A1111's extra_generation_params for the infotext, in insertion order.

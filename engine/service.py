@@ -30,6 +30,7 @@ from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.model_files import load_listed
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
+from engine.restore.registry import FaceRestorers
 from engine.scripts import ScriptContext, run_script
 from engine.seamless import circular_padding
 from engine.settings import Settings
@@ -58,6 +59,7 @@ class GenerationResult:
     parameters: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     unet_calls: int = 0
+    restorer_calls: int = 0  # face restoration network calls (one per restored face)
     # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
     detected_maps: list[Image.Image] = field(default_factory=list)
     # Stopped by an interrupt or the job timeout (a script stops there too, as A1111's `state.interrupted`).
@@ -101,6 +103,7 @@ class Engine:
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
+        self.restorers = FaceRestorers(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.styles = StyleDatabase(styles_file_candidates(settings.models_dir, settings.styles_file))
@@ -252,6 +255,7 @@ class Engine:
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
             interrupted=running.stop.interrupted,
+            restorer_calls=output.restorer_calls,
         )
 
     def _detailer_control(self, units, size, seed: int):
@@ -381,6 +385,7 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         clip_skip=plan.prompt_options.clip_skip,
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
+        face_restoration=plan.face_restoration.model if plan.face_restoration else None,
         tiling=plan.tiling,
         extra=extra,
         **vae_infotext_fields(vae),

@@ -10,6 +10,7 @@ from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OVERRIDE_SETTINGS
 from engine.prompts.parser import extract_extra_networks
 from engine.samplers import SamplerOptions
 from engine.settings import Settings
+from engine.translate.faces import FACE_RESTORATION_SETTINGS
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.scripts import check_alwayson_names, selectable_script
 from engine.wire.txt2img import GenerationRequest
@@ -20,11 +21,6 @@ SEED_RANGE = 4294967294
 
 # Fields A1111 accepts that this worker does not implement: asking for them is an error, never a no-op.
 UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], ...] = (
-    (
-        "restore_faces",
-        lambda r: bool(r.restore_faces),
-        "face restoration (CodeFormer/GFPGAN) is not supported",
-    ),
     (
         "firstpass_image",
         lambda r: bool(getattr(r, "firstpass_image", None)),
@@ -196,6 +192,7 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "refiner_switch_by_sample_steps": _boolean,
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
+    **FACE_RESTORATION_SETTINGS,
 }
 
 

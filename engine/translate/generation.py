@@ -25,6 +25,7 @@ from engine.translate.common import (
     take_extra_networks,
 )
 from engine.translate.detailer import detailer_plans
+from engine.translate.faces import face_restoration_plan
 from engine.translate.refiner import refiner_plan
 from engine.translate.styles import apply_request_styles
 from engine.wire.txt2img import GenerationRequest
@@ -88,6 +89,7 @@ def plan_generation(
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
