@@ -12,13 +12,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from engine.server import create_app, serve_in_background
-from engine.translate.common import UNSUPPORTED_FIELDS
-
-
-def refused(field: str) -> bool:
-    """Whether this worker still refuses `field` (features other branches build: until they land, A1111's case
-    is an expected failure; once they do, it runs as a plain test)."""
-    return any(name == field for name, _, _ in UNSUPPORTED_FIELDS)
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +112,11 @@ def test_txt2img_with_hrfix_performed(http, simple_txt2img_request):
     assert "Denoising strength: 0" in json.loads(body["info"])["infotexts"][0]
 
 
-@pytest.mark.xfail(refused("tiling"), reason="seamless tiling is built on the refiner branch", strict=True)
 def test_txt2img_with_tiling_performed(http, simple_txt2img_request):
     simple_txt2img_request["tiling"] = True
     assert_generation_body(http.post("/sdapi/v1/txt2img", json=simple_txt2img_request), 1)
 
 
-@pytest.mark.xfail(refused("restore_faces"), reason="face restoration is built on the restore branch", strict=True)
 def test_txt2img_with_restore_faces_performed(http, simple_txt2img_request):
     simple_txt2img_request["restore_faces"] = True
     assert_generation_body(http.post("/sdapi/v1/txt2img", json=simple_txt2img_request), 1)
