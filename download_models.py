@@ -8,6 +8,8 @@ Run at image build time (see the Dockerfile) or once on a pod to fill a network 
 
 Each file is downloaded into `<models>/.downloads/` and renamed into place only once its size and sha256
 (where known) check out, so a file at its destination is always complete. The worker never downloads.
+Most files come from the Hugging Face Hub; the face restoration weights come from the GitHub releases A1111
+downloads them from (`--only face-restoration`; CodeFormer's weights are for non-commercial use only).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,11 @@ ANTELOPE_DIR = "insightface/models/antelopev2"
 INSTANTID_REPO = "InstantX/InstantID"
 # RealESRGAN_x4plus.pth from xinntao's GitHub release v0.1.0, mirrored on the Hub.
 UPSCALER_REPO = "lllyasviel/Annotators"
+# Face restoration: the release files A1111 v1.10 downloads on first use (`codeformer_model.py`,
+# `gfpgan_model.py`, and facexlib's detection/parsing URLs, saved in models/GFPGAN by `patch_facexlib`).
+GITHUB_RELEASES = "https://github.com/{repo}/releases/download/{tag}/{file}"
+FACE_RESTORATION_GROUPS = ("face-restoration", "codeformer", "gfpgan")
+URL_CHUNK_BYTES = 1024 * 1024
 
 # What `StableDiffusionPipeline.from_single_file(path, config=<folder>, local_files_only=True)` reads from a
 # diffusers pipeline folder: model_index.json, every model's config.json, the scheduler config and the CLIP
@@ -90,6 +98,13 @@ class Item:
     groups: tuple[str, ...] = ()
     revision: str | None = None  # a commit, for files whose bytes changed upstream; None = main
     repo_type: str | None = None  # "space" for a file in a Space; None = a model repository
+    url: str | None = None  # a direct download (a GitHub release asset) instead of the Hub; repo_id names its repo
+
+
+def _release_item(name: str, repo: str, tag: str, file: str, dest: str, size: int, sha256: str,
+                  groups: tuple[str, ...]) -> Item:
+    url = GITHUB_RELEASES.format(repo=repo, tag=tag, file=file)
+    return Item(name, "face-restoration", repo, file, dest, size, sha256, default=False, groups=groups, url=url)
 
 
 def _config_items(family: str, repo_id: str, files: Iterable[str], default: bool = True) -> list[Item]:
@@ -147,6 +162,20 @@ MANIFEST: tuple[Item, ...] = (
     # ControlNetModel offline needs its config.json.
     Item("instantid-controlnet-config", "config", INSTANTID_REPO, "ControlNetModel/config.json",
          "configs/instantid-controlnet/config.json", groups=("instantid", "configs")),
+    # Not in the default set: about 0.9 GB, and CodeFormer's weights are licensed for non-commercial use only.
+    _release_item("codeformer-v0.1.0", "sczhou/CodeFormer", "v0.1.0", "codeformer.pth",
+                  "Codeformer/codeformer-v0.1.0.pth", 376_637_898,
+                  "1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", ("face-restoration", "codeformer")),
+    _release_item("GFPGANv1.4", "TencentARC/GFPGAN", "v1.3.0", "GFPGANv1.4.pth", "GFPGAN/GFPGANv1.4.pth",
+                  348_632_874, "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
+                  ("face-restoration", "gfpgan")),
+    # The face detector and parser both restorers need.
+    _release_item("facexlib-detection", "xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth",
+                  "GFPGAN/detection_Resnet50_Final.pth", 109_497_761,
+                  "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d", FACE_RESTORATION_GROUPS),
+    _release_item("facexlib-parsing", "xinntao/facexlib", "v0.2.2", "parsing_parsenet.pth",
+                  "GFPGAN/parsing_parsenet.pth", 85_331_193,
+                  "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", FACE_RESTORATION_GROUPS),
 )
 
 # sd-webui-controlnet's annotator files (its `annotator/*` download URLs), in its folder layout under
@@ -229,8 +258,28 @@ KEYWORDS: dict[str, Callable[[Item], bool]] = {
 }
 
 
+def fetch(item: Item, staging: Path) -> Path:
+    """The only network access: download `item` into `staging` (from its URL, else the Hub)."""
+    return fetch_from_url(item, staging) if item.url else fetch_from_hub(item, staging)
+
+
+def fetch_from_url(item: Item, staging: Path) -> Path:
+    """Download `item.url` into `staging`, continuing a partial file when the server honours a Range request."""
+    path = staging / item.filename
+    done = path.stat().st_size if path.exists() else 0
+    if done and done == item.size:
+        return path  # complete from an earlier run; `verify` checks it
+    request = urllib.request.Request(item.url, headers={"Range": f"bytes={done}-"} if done else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        resumed = done and response.status == 206
+        with path.open("ab" if resumed else "wb") as handle:
+            while chunk := response.read(URL_CHUNK_BYTES):
+                handle.write(chunk)
+    return path
+
+
 def fetch_from_hub(item: Item, staging: Path) -> Path:
-    """The only network access: download `item` into `staging` and return the downloaded file.
+    """Download `item` from the Hub into `staging` and return the downloaded file.
 
     huggingface_hub retries and resumes after transient errors, reads `HF_TOKEN`, and reuses a complete
     file already in `staging` (with its `.cache/huggingface` metadata) instead of downloading it again.
@@ -301,7 +350,7 @@ def valid_names(items: Sequence[Item]) -> list[str]:
     return [*KEYWORDS, *groups, *singles]
 
 
-def download(items: Sequence[Item], root: Path, fetch: Fetch = fetch_from_hub) -> int:
+def download(items: Sequence[Item], root: Path, fetch: Fetch = fetch) -> int:
     """Put every item that is not already complete in place; return how many were fetched.
 
     Raises:
@@ -404,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None, fetch: Fetch = fetch_from_hub,
+def main(argv: Sequence[str] | None = None, fetch: Fetch = fetch,
          manifest: Sequence[Item] = MANIFEST) -> int:
     """Command-line entry; returns the exit status (1 with a one-line error on stderr on failure)."""
     args = parse_args(argv)

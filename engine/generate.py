@@ -18,6 +18,7 @@ from engine.pipeline import A1111Pipeline
 from engine.plan import GenerationPlan, NoiseSpec
 from engine.prompts.options import PassShape
 from engine.refiner import RefinerStage
+from engine.restore.step import restore_decoded
 from engine.sampling.loop import StepCallback
 from engine.stopping import StopSignal
 from engine.upscale.latent import LatentUpscaler
@@ -44,6 +45,7 @@ class GenerationOutput:
     control_calls: int = 0  # ControlNet / T2I-Adapter forwards (ADetailer's passes; the main ones are counted
     # by the request's ControlRequest)
     notes: list[str] = field(default_factory=list)  # reported to the client as warnings
+    restorer_calls: int = 0  # face restoration network calls: one per restored face
     # Infotext entries the work itself produced (A1111 adds them while encoding prompts: TI hashes, Emphasis).
     extra_params: dict[str, str] = field(default_factory=dict)
     # The base and hires passes' LoRAs (A1111's `Lora hashes`: the first pass's, then hires fix's added).
@@ -71,17 +73,18 @@ class Models:
     refiner: A1111Pipeline | None = None  # the refiner checkpoint (`refiner_checkpoint`)
     refiner_title: str | None = None  # its A1111 short title, "name [hash]", for the infotext
     upscaler: object | None = None  # the resolved hires upscaler (latent or pixel)
-    # One (DetailerPlan, pipeline, detector) per ADetailer unit, in order.
+    # One (DetailerPlan, pipeline, detector, face restorer or None) per ADetailer unit, in order.
     detailers: tuple = ()
     embeddings: object | None = None  # the textual-inversion database (engine.prompts.embeddings)
     control: object | None = None  # engine.control.request.ControlRequest: ControlNet / InstantID units
+    restorer: object | None = None  # engine.restore.registry.FaceRestorer for plan.face_restoration
     # (units, (width, height), seed) → ControlRequest: ADetailer's own ControlNet, prepared per inpaint pass.
     make_control: Callable | None = None
     loras: LoraSession | None = None  # the request's LoRAs, activated pass by pass; None: no LoRAs
 
     def pipelines(self) -> list[A1111Pipeline]:
         """Every checkpoint the request may run, each once (tiling pads all their convolutions)."""
-        found = [self.base, self.hires, self.refiner, *(pipe for _, pipe, _ in self.detailers)]
+        found = [self.base, self.hires, self.refiner, *(detailer[1] for detailer in self.detailers)]
         unique: dict[int, A1111Pipeline] = {}
         for pipe in found:
             if pipe is not None:
@@ -115,7 +118,7 @@ def generate(
     stop: StopSignal | None = None,
 ) -> GenerationOutput:
     """Run a plan, one batch per A1111 iteration (`n_iter`): base pass (txt2img or img2img), hires fix,
-    decode, then ADetailer on each finished image.
+    decode, face restoration, then ADetailer on each finished image.
 
     `stop` ends sampling early as A1111's interrupt and skip do (see `engine.stopping`): the pass under way
     returns its latest denoised estimate, which is decoded and kept; after an interrupt (or timeout) no hires
@@ -135,7 +138,8 @@ def generate(
         # (ADetailer's inner passes run without the extension's units, as ADetailer runs them by default).
         with _control_applied(models):
             if plan.init is not None:
-                # 1. img2img / inpainting: the base pass starts from the init images; no hires fix.
+                # 1. img2img / inpainting: the base pass starts from the init images; no hires fix. It restores
+                # faces itself, between decode and pasting back into the original.
                 base = _base_pass(plan, batch)
                 _use_loras(models, models.base, plan.loras, output)
                 refiner = refiner_stage(plan, models, models.base, hires_pass=False)
@@ -143,13 +147,18 @@ def generate(
                     models, plan, batch, noise, base, progress("base"), output, refiner, stop
                 )
             else:
-                # 1–2. Base pass from noise, then hires fix; 3. decode.
+                # 1–2. Base pass from noise, then hires fix; 3. decode; 4. face restoration (A1111 restores
+                # each decoded image before the scripts' postprocess_image).
                 latents, pipe = _txt2img(plan, models, batch, noise, progress, output, stop)
                 images = pipe.decode_to_images(latents)
                 if models.control is not None:
+                    # sd-webui-controlnet's pixel steps (postprocess_batch_list) come before face restoration.
                     images = models.control.postprocess(images, *images[0].size)
+                images = restore_decoded(
+                    images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output
+                )
 
-        # 4. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
+        # 5. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
         output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output, stop)
         if stop.took_effect():
             output.notes.append(
@@ -201,6 +210,10 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
     hires = plan.hires
     pipe = models.hires or models.base
     latents = upscale_for_hires(plan, models, result.latents, noise, decoder=first_pipe)
+    if hires.schedule_length == 0:
+        # Denoising strength 0: A1111's sampler gets the sigmas [0] and runs no step, so the upscaled latents
+        # are decoded as they are (no fresh noise is added either: it is scaled by sigma 0).
+        return latents, pipe
     width, height = hires.output_size
     second = replace(
         base,

@@ -19,6 +19,7 @@ from engine.imaging.inpaint import (
 )
 from engine.passes import InitLatents, PassRequest, run_pass
 from engine.plan import GenerationPlan, InitPlan, NoiseSpec
+from engine.restore.step import restore_decoded
 from engine.sampling.noise import ImageNoise
 
 
@@ -45,9 +46,9 @@ def img2img_pass(
     stop=None,
 ):
     """Encode the batch's init images, noise them to the strength's starting sigma, denoise (blending the
-    original back outside the mask), decode and paste back. Counts the pass into `output`; returns the images.
-    `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where A1111 would; `stop`
-    (a StopSignal) can end the denoising early."""
+    original back outside the mask), decode, restore faces and paste back. Counts the pass into `output`;
+    returns the images. `refiner` (an `engine.refiner.RefinerStage`) hands the pass over to the refiner where
+    A1111 would; `stop` (a StopSignal) can end the denoising early."""
     init, pipe = plan.init, models.base
     prepared = _prepare(init, plan, batch)
     generator = torch.Generator("cpu").manual_seed(int(noise.seeds[-1]))
@@ -56,8 +57,14 @@ def img2img_pass(
         latents = F.interpolate(latents, size=(plan.height // 8, plan.width // 8), mode="bilinear")
     repaint = None
     if prepared.regions is not None:
+        # A given latent mask (A1111 `p.latent_mask`) replaces the processed inpainting mask for the blend.
         masks = [
-            latent_mask(region.mask, plan.width // 8, plan.height // 8, init.mask_round)
+            latent_mask(
+                init.latent_mask if init.latent_mask is not None else region.mask,
+                plan.width // 8,
+                plan.height // 8,
+                init.mask_round,
+            )
             for region in prepared.regions
         ]
         repaint = torch.from_numpy(np.stack(masks))[:, None].to(latents.device)
@@ -85,6 +92,8 @@ def img2img_pass(
     if models.control is not None:
         # sd-webui-controlnet's pixel steps run on the decoded pass, before A1111 pastes it back.
         images = models.control.postprocess(images, plan.width, plan.height)
+    # A1111 restores faces on the decoded image, before the overlay puts the original back outside the mask.
+    images = restore_decoded(images, models.restorer, plan.face_restoration, noise.seeds, batch.start, output)
     if prepared.regions is not None:
         images = [region.paste_back(image) for region, image in zip(prepared.regions, images, strict=True)]
     return images

@@ -83,6 +83,42 @@ def _embedding_item(shape: int | None, vectors: int | None) -> dict[str, Any]:
     }
 
 
+def hypernetworks(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/hypernetworks`: `{name, path}` per hypernetwork; none, this worker does not run them."""
+    return []
+
+
+def cmd_flags(engine, payload: dict[str, Any]) -> dict[str, Any]:
+    """`GET /sdapi/v1/cmd-flags`: A1111's command-line flags (`vars(cmd_opts)`), those that describe this worker:
+    where its models are, the API-only mode, precision."""
+    from engine.prompts.styles import styles_file_candidates
+
+    settings = engine.settings
+    root = settings.models_dir
+    return {
+        "data_dir": str(root.parent),
+        "models_dir": str(root),
+        "ckpt_dir": str(root / "Stable-diffusion"),
+        "vae_dir": str(root / "VAE"),
+        "lora_dir": str(root / "Lora"),
+        "embeddings_dir": str(root / "embeddings"),
+        "esrgan_models_path": str(root / "ESRGAN"),
+        "realesrgan_models_path": str(root / "RealESRGAN"),
+        "hypernetwork_dir": str(root / "hypernetworks"),
+        "styles_file": styles_file_candidates(root, settings.styles_file),
+        "api": True,
+        "nowebui": True,
+        "allow_code": False,
+        "no_half": engine.precision.device.type != "cuda",
+        "no_half_vae": engine.precision.device.type != "cuda",
+        "lowvram": False,
+        "medvram": False,
+        "medvram_sdxl": False,
+        "xformers": False,
+        "opt_sdp_attention": True,
+    }
+
+
 def refresh_checkpoints(engine, payload: dict[str, Any]) -> None:
     engine.catalog.refresh("checkpoints")
 
@@ -132,22 +168,34 @@ def latent_upscale_modes(engine, payload: dict[str, Any]) -> list[dict[str, str]
 
 
 def face_restorers(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """None: GFPGAN/CodeFormer face restoration is not supported (`restore_faces` is refused)."""
-    return []
+    """`GET /sdapi/v1/face-restorers`: `{name, cmd_dir}` for each restorer whose weights are installed."""
+    return engine.restorers.listing()
 
 
 def prompt_styles(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """None: this worker has no styles.csv (`styles` in a request is refused)."""
-    return []
+    """`GET /sdapi/v1/prompt-styles`: the styles of the styles files, `{name, prompt, negative_prompt}`."""
+    return engine.styles.listing()
 
 
 def scripts(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
-    """`GET /sdapi/v1/scripts`: the `alwayson_scripts` a request may use, by A1111's lower-case script names.
-    Clients such as webuiapi look here to decide which extension arguments to send."""
+    """`GET /sdapi/v1/scripts`: every script of each tab by A1111's lower-case name, selectable (`script_name`)
+    and always-on (`alwayson_scripts`). Clients such as webuiapi look here to decide which extension
+    arguments to send."""
     from engine.translate.common import SUPPORTED_SCRIPTS
+    from engine.wire.scripts import script_names
 
-    names = sorted(SUPPORTED_SCRIPTS)
-    return {"txt2img": names, "img2img": names}
+    return {
+        "txt2img": script_names(SUPPORTED_SCRIPTS, img2img=False),
+        "img2img": script_names(SUPPORTED_SCRIPTS, img2img=True),
+    }
+
+
+def script_info(engine, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """`GET /sdapi/v1/script-info`: each script's name, tab, kind and positional args, as A1111 lists them."""
+    from engine.translate.common import SUPPORTED_SCRIPTS
+    from engine.wire.scripts import script_info as listing
+
+    return listing(SUPPORTED_SCRIPTS)
 
 
 # --- state -------------------------------------------------------------------------------------------------

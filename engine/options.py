@@ -44,8 +44,13 @@ DEFAULTS: dict[str, Any] = {
     "sdxl_refiner_low_aesthetic_score": 2.5,
     "sdxl_refiner_high_aesthetic_score": 6.0,
     "samples_format": "png",
+    # A1111 UI options that clients read and write back (its own API test flips send_seed); stored, not read.
+    "send_seed": True,
     "jpeg_quality": 80,
     "webp_lossless": False,
+    "face_restoration": False,
+    "face_restoration_model": "CodeFormer",
+    "code_former_weight": 0.5,
 }
 
 

@@ -46,8 +46,9 @@ class HiresPlan:
 
     @property
     def schedule_length(self) -> int:
-        """A1111 runs the last `num_inference_steps` of an `int(steps / denoise)`-step schedule."""
-        return int(self.num_inference_steps / self.strength)
+        """A1111 runs the last `num_inference_steps` of an `int(steps / denoise)`-step schedule; at strength 0
+        the schedule has no step (`setup_img2img_steps`), so the second pass denoises nothing."""
+        return int(self.num_inference_steps / self.strength) if self.strength > 0 else 0
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -71,6 +72,18 @@ class InitPlan:
     only_masked: bool = True
     padding: int = 0
     noise_multiplier: float = 1.0
+    # A1111 `latent_mask`: the mask the latents are blended with instead of the (blurred) inpainting mask,
+    # resized straight to the latent size (outpainting scripts send a sharper one).
+    latent_mask: Any | None = None
+
+
+@dataclass(frozen=True)
+class FaceRestorationPlan:
+    """Restore the faces of each decoded image (A1111 `restore_faces` with `face_restoration_model`)."""
+
+    model: str  # a restorer name: "CodeFormer" or "GFPGAN"
+    weight: float  # CodeFormer's fidelity (A1111 `code_former_weight`): 0 strongest, 1 closest to the input
+    field: str = "face_restoration_model"  # where the model name came from, for errors
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class DetailerPlan:
     noise_multiplier: float = 1.0
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
+    face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
     controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
 
 
@@ -144,7 +158,9 @@ class GenerationPlan:
     init: InitPlan | None = None  # img2img
     control_units: tuple[Any, ...] = ()  # engine.control.units.ControlUnit: ControlNet / InstantID units
     vae: str | None = None  # override_settings.sd_vae: "Automatic", "None" or a VAE name (None = Automatic)
+    vae_tiling: Any | None = None  # engine.imaging.vae_tiling.VaeTiling for this request; None: the worker's rule
     detailers: tuple[DetailerPlan, ...] = ()
+    face_restoration: FaceRestorationPlan | None = None  # after each image is decoded, before ADetailer
     refiner: RefinerPlan | None = None
     tiling: bool = False  # A1111 `tiling`: circular padding in every UNet and VAE convolution
     # A1111's extra_generation_params for the infotext, in insertion order.

@@ -36,6 +36,7 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
     """
     catalog = engine.catalog
     hires = plan.hires
+    _check_restorers(engine, plan)
     return ResolvedModels(
         checkpoint=checkpoint,
         vae=engine.vaes.resolve(plan.vae, checkpoint),
@@ -61,6 +62,17 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
     )
 
 
+def _check_restorers(engine, plan: GenerationPlan) -> None:
+    """Face restorers by name: their files are checked now, loaded under the generation lock."""
+    for restoration in (plan.face_restoration, *(unit.face_restoration for unit in plan.detailers)):
+        if restoration is not None:
+            engine.restorers.resolve(restoration.model, restoration.field)
+
+
+def _restorer(engine, restoration):
+    return None if restoration is None else engine.restorers.get(restoration.model, restoration.field)
+
+
 def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Models:
     """Load (or fetch from the resident cache) everything the plan runs on; call under the generation lock.
 
@@ -83,7 +95,12 @@ def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Model
     if refiner is not None:
         _check_refiner(refiner, base, resolved.refiner)
     detailers = tuple(
-        (unit, other(entry) or base, engine.detectors.get(path, unit.model_field))
+        (
+            unit,
+            other(entry) or base,
+            engine.detectors.get(path, unit.model_field),
+            _restorer(engine, unit.face_restoration),
+        )
         for unit, entry, path in zip(
             plan.detailers, resolved.detailer_checkpoints, resolved.detectors, strict=True
         )
@@ -96,6 +113,7 @@ def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Model
         upscaler=resolved.upscaler,
         embeddings=engine.embeddings,
         detailers=detailers,
+        restorer=_restorer(engine, plan.face_restoration),
     )
 
 

@@ -24,11 +24,14 @@ from engine.pipeline import INPAINTING_MASK_WEIGHT
 from engine.plan import GenerationPlan
 from engine.plan_models import load_models, resolve_models
 from engine.prompts.embeddings import EmbeddingDatabase
+from engine.prompts.styles import StyleDatabase, styles_file_candidates
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.model_files import load_listed
 from engine.resources.vae import ExternalVaes, vae_infotext_fields
+from engine.restore.registry import FaceRestorers
+from engine.scripts import ScriptContext, run_script
 from engine.seamless import circular_padding
 from engine.settings import Settings
 from engine.translate import to_img2img_plan, to_plan
@@ -36,6 +39,7 @@ from engine.upscale.registry import Upscalers
 from engine.wire import info as infotexts
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.routes import JobState, RunningJob, dispatch
+from engine.wire.scripts import selectable_script
 from engine.wire.txt2img import Txt2ImgRequest
 
 
@@ -55,8 +59,11 @@ class GenerationResult:
     parameters: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     unet_calls: int = 0
+    restorer_calls: int = 0  # face restoration network calls (one per restored face)
     # ControlNet's detected maps: A1111 + ControlNet returns them after the results.
     detected_maps: list[Image.Image] = field(default_factory=list)
+    # Stopped by an interrupt or the job timeout (a script stops there too, as A1111's `state.interrupted`).
+    interrupted: bool = False
 
     def response(self, send_images: bool = True, encoding: ImageEncoding = PNG) -> dict[str, Any]:
         """A1111's body; images encoded as `encode_pil_to_base64` does, in `encoding`'s format, the infotext
@@ -96,8 +103,10 @@ class Engine:
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
+        self.restorers = FaceRestorers(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
+        self.styles = StyleDatabase(styles_file_candidates(settings.models_dir, settings.styles_file))
         self.control_models = ControlModels(
             settings.models_dir,
             settings.config_roots,
@@ -122,20 +131,54 @@ class Engine:
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        plan = to_plan(request, self.settings, defaults=self.options.for_request())
-        return self._generate("txt2img", request, plan, on_progress)
+        return self._serve(request, on_progress)
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
     ) -> GenerationResult:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
-        plan = to_img2img_plan(request, self.settings, defaults=self.options.for_request())
-        result = self._generate("img2img", request, plan, on_progress)
-        if not request.include_init_images:
-            # A1111 does not echo the (large) init images and mask unless asked to.
-            result.parameters.update(init_images=None, mask=None)
+        return self._serve(request, on_progress)
+
+    def _serve(self, request: Txt2ImgRequest | Img2ImgRequest, on_progress) -> GenerationResult:
+        """A request's selectable script (`script_name`), which runs its own generations, or one generation."""
+        img2img = isinstance(request, Img2ImgRequest)
+        script = selectable_script(request.script_name, img2img)
+        if script is None:
+            return self.generate_request(request, on_progress)
+        context = ScriptContext(
+            request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request
+        )
+        result = run_script(script, context)
+        result.parameters = _parameters(request)
         return result
+
+    def generate_request(
+        self, request: Txt2ImgRequest | Img2ImgRequest, on_progress=None, seeds: list[int] | None = None
+    ) -> GenerationResult:
+        """One generation for a parsed request, its script ignored; `seeds` (one per image) replace the ones
+        the request's `seed` gives (scripts that seed each image themselves, as A1111's take a seed list)."""
+        name = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        result = self._generate(name, request, self._plan(request, seeds), on_progress)
+        result.parameters = _parameters(request)
+        return result
+
+    def check_request(self, request: Txt2ImgRequest | Img2ImgRequest) -> None:
+        """Translate a request and resolve every model it names, without generating (RequestError if wrong)."""
+        plan = self._plan(request)
+        resolve_models(self, plan, self.resolve_checkpoint(plan.checkpoint))
+
+    def _plan(self, request: Txt2ImgRequest | Img2ImgRequest, seeds: list[int] | None = None) -> GenerationPlan:
+        defaults = self.options.for_request()
+        if isinstance(request, Img2ImgRequest):
+            plan = to_img2img_plan(request, self.settings, defaults=defaults, styles=self.styles)
+        else:
+            plan = to_plan(request, self.settings, defaults=defaults, styles=self.styles)
+        if seeds is None:
+            return plan
+        if len(seeds) != plan.image_count:
+            raise RequestError("seed", f"{len(seeds)} seeds for {plan.image_count} images")
+        return replace(plan, noise=replace(plan.noise, seeds=tuple(int(seed) for seed in seeds)))
 
     def _generate(self, name: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
         # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
@@ -153,6 +196,8 @@ class Engine:
             # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
             self.embeddings.refresh()
             models = load_models(self, plan, resolved)
+            if plan.vae_tiling is not None:
+                models = _with_vae_tiling(models, plan.vae_tiling)
             if any(unit.controlnet is not None for unit in plan.detailers):
                 models = replace(models, make_control=self._detailer_control)
             if plan.control_units:
@@ -209,6 +254,8 @@ class Engine:
             ],
             detected_maps=list(models.control.detected_maps) if models.control else [],
             unet_calls=output.unet_calls,
+            interrupted=running.stop.interrupted,
+            restorer_calls=output.restorer_calls,
         )
 
     def _detailer_control(self, units, size, seed: int):
@@ -295,6 +342,29 @@ class Engine:
         return pipeline
 
 
+def _with_vae_tiling(models: Models, tiling) -> Models:
+    """Views of the passes' pipelines whose VAE runs with this request's tiling (`Tiled VAE`); the shared
+    pipelines are untouched."""
+
+    def view(pipe):
+        if pipe is None:
+            return None
+        tiled = pipe.with_vae(pipe.vae)
+        tiled.vae_tiling = tiling
+        return tiled
+
+    return replace(models, base=view(models.base), hires=view(models.hires), refiner=view(models.refiner))
+
+
+def _parameters(request) -> dict[str, Any]:
+    """A1111's response `parameters`: the request with defaults filled; img2img's (large) init images and mask
+    only when `include_init_images` asks for them."""
+    parameters = request.parameters()
+    if isinstance(request, Img2ImgRequest) and not request.include_init_images:
+        parameters.update(init_images=None, mask=None)
+    return parameters
+
+
 def _unets_and_vaes(models: Models) -> list:
     return [module for pipe in models.pipelines() for module in (pipe.unet, pipe.vae)]
 
@@ -315,6 +385,7 @@ def _infotext_fields(request, plan: GenerationPlan, entry: CheckpointEntry, extr
         clip_skip=plan.prompt_options.clip_skip,
         ensd=plan.noise.eta_noise_seed_delta if choice.uses_ensd else None,
         rng=plan.noise.source,
+        face_restoration=plan.face_restoration.model if plan.face_restoration else None,
         tiling=plan.tiling,
         extra=extra,
         **vae_infotext_fields(vae),

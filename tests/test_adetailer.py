@@ -88,7 +88,6 @@ def test_second_unit_gets_ordinal_infotext_and_runs_after_the_first(sd15_engine)
 @pytest.mark.parametrize(("change", "field"), [
     ({"ad_model": "nope.pt"}, "ad_model"),
     ({"ad_bogus": 1}, "ad_bogus"),
-    ({"ad_restore_face": True}, "ad_restore_face"),
 ])
 def test_invalid_units_are_errors_naming_the_key(sd15_engine, change, field):
     from engine.errors import RequestError

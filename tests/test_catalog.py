@@ -394,7 +394,7 @@ def test_describe_summarises_every_kind(models):
     assert summary["root"] == str(root)
     models_by_kind = summary["models"]
     assert set(models_by_kind) == {"checkpoints", "vae", "lora", "embeddings", "esrgan", "realesrgan",
-                                   "adetailer", "controlnet", "insightface"}
+                                   "adetailer", "controlnet", "insightface", "codeformer", "gfpgan"}
     assert models_by_kind["checkpoints"]["names"] == ["dreamy_v10.ckpt", "sub/foo.safetensors", "tiny-diffusers"]
     assert f"control_instant_id_sdxl [{legacy(data['cn'])}]" in models_by_kind["controlnet"]["names"]
     assert models_by_kind["lora"] == {"folders": [], "names": []}

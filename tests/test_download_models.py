@@ -336,3 +336,54 @@ def test_a_file_of_unknown_size_is_checked_by_its_checksum(tmp_path):
     assert dm.status(item, tmp_path) == "incomplete"
     path.write_bytes(content_of(item.repo_id, item.filename))
     assert dm.status(item, tmp_path) == "present"
+
+
+def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
+    from engine.resources.catalog import ModelCatalog
+    from engine.restore.registry import FaceRestorers
+
+    assert run(tmp_path, "--only", "face-restoration", manifest=unverified(dm.MANIFEST)) == 0
+    for relative in ("Codeformer/codeformer-v0.1.0.pth", "GFPGAN/GFPGANv1.4.pth",
+                     "GFPGAN/detection_Resnet50_Final.pth", "GFPGAN/parsing_parsenet.pth"):
+        assert (tmp_path / relative).is_file(), relative
+    restorers = FaceRestorers(ModelCatalog(tmp_path), "cpu")
+    assert restorers.installed() == ["CodeFormer", "GFPGAN"]
+    # Each restorer's group brings the face detector and parser with it; none is in the default set.
+    assert {item.name for item in dm.select(dm.MANIFEST, "gfpgan")} == {
+        "GFPGANv1.4", "facexlib-detection", "facexlib-parsing"}
+    assert not any(item.default for item in dm.select(dm.MANIFEST, "face-restoration"))
+
+
+def test_release_files_come_from_a1111s_urls():
+    urls = {item.name: item.url for item in dm.MANIFEST if item.url}
+    assert urls == {
+        "codeformer-v0.1.0": "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
+        "GFPGANv1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
+        "facexlib-detection":
+            "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",
+        "facexlib-parsing": "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",
+    }
+
+
+def test_url_fetch_downloads_into_staging_and_restarts_when_ranges_are_not_served(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "weights.pth").write_bytes(b"0123456789" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/weights.pth"
+        item = small_item("weights", filename="weights.pth", url=url, size=10_000)
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        (staging / "weights.pth").write_bytes(b"stale")  # this server ignores Range: start over
+        path = dm.fetch(item, staging)
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == b"0123456789" * 1000

@@ -97,7 +97,8 @@ def test_hires_noise_is_fresh_from_the_same_seeds(sd15_engine):
     ("change", "field"),
     [
         ({"denoising_strength": None}, "denoising_strength"),
-        ({"denoising_strength": 0}, "denoising_strength"),
+        ({"denoising_strength": -0.1}, "denoising_strength"),
+        ({"denoising_strength": 0, "hr_sampler_name": "DDIM"}, "denoising_strength"),
         ({"hr_upscaler": "4x-Nonexistent"}, "hr_upscaler"),
         ({"hr_sampler_name": "Euler Z"}, "hr_sampler_name"),
         ({"hr_scale": 100}, "hr_scale"),
@@ -110,6 +111,23 @@ def test_bad_hires_requests_fail_before_any_work(sd15_engine, change, field):
         sd15_engine.txt2img(payload, on_progress=calls.append)
     assert caught.value.field == field
     assert calls == []
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_denoising_strength_0_upscales_without_a_second_pass(sd15_engine, upscaler):
+    """A1111's test_txt2img_with_hrfix_performed sends enable_hr with denoising_strength 0: its img2img step
+    arithmetic gives a 0-step schedule (sigmas [0]), so no UNet call and no noise; the upscaled latents are
+    decoded as they are."""
+    payload = {**BASE, "enable_hr": True, "denoising_strength": 0, "hr_upscaler": upscaler}
+    plan = to_plan(Txt2ImgRequest.parse(payload), Settings())
+    assert (plan.hires.schedule_length, plan.hires.strength) == (0, 0)
+    result, calls = calls_by_stage(sd15_engine, payload)
+    assert calls == {"base": 3} and result.unet_calls == 3
+    assert result.images[0].size == (128, 128)
+    assert "Denoising strength: 0.0, Hires upscale: 2.0" in json.loads(result.info)["infotexts"][0]
+    # Not the first pass merely resized: the latents (or the re-encoded pixels) went through the VAE again.
+    first_pass = sd15_engine.txt2img(BASE).images[0].resize((128, 128))
+    assert result.images[0].tobytes() != first_pass.tobytes()
 
 
 def test_hires_prompt_sampler_and_infotext(sd15_engine):

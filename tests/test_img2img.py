@@ -115,3 +115,22 @@ def test_bad_img2img_fields_are_errors_naming_them(sd15_engine, change, field):
 def test_img2img_through_the_envelope(sd15_engine):
     body = sd15_engine.handle("POST", "/sdapi/v1/img2img", {**BASE, "steps": 2, "init_images": [b64(photo())]})
     assert set(body) == {"images", "parameters", "info"}
+
+
+def test_faces_are_restored_before_the_original_is_pasted_back(sd15_engine):
+    """A1111 restores the decoded crop, then overlays the original outside the mask: a restored face box that
+    reaches past the mask changes nothing there."""
+    image = photo(96, 64)
+    mask = box_mask(image.size, (40, 20, 60, 40))
+    # Seed 10: the demo face detector finds one face in the decoded crop.
+    payload = {**BASE, "seed": 10, "init_images": [b64(image)], "mask": b64(mask), "mask_blur": 4,
+               "inpainting_fill": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 8,
+               "restore_faces": True, "override_settings": {"face_restoration_model": "GFPGAN"}}
+    restored = sd15_engine.img2img(payload)
+    plain = sd15_engine.img2img({**payload, "restore_faces": False})
+    assert restored.restorer_calls == 1
+    output, original = np.asarray(restored.images[0]), np.asarray(image)
+    outside = np.asarray(blur_mask(mask, 4)) == 0
+    assert np.array_equal(output[outside], original[outside])
+    assert not np.array_equal(output, np.asarray(plain.images[0]))
+    assert "Face restoration: GFPGAN" in json.loads(restored.info)["infotexts"][0]

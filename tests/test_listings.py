@@ -75,10 +75,10 @@ def test_every_route_has_an_implementation():
 def test_unknown_endpoint_and_wrong_method_are_one_line_errors():
     with pytest.raises(
         NotFoundError,
-        match=r"^endpoint: /sdapi/v1/hypernetworks is not supported; supported: .*"
+        match=r"^endpoint: /sdapi/v1/unknown-thing is not supported; supported: .*"
         r"POST /sdapi/v1/txt2img",
     ):
-        route("POST", "/sdapi/v1/hypernetworks")
+        route("POST", "/sdapi/v1/unknown-thing")
     with pytest.raises(RequestError, match="^method: /sdapi/v1/txt2img accepts POST, got 'GET'"):
         route("GET", "sdapi/v1/txt2img")
 

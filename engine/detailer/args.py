@@ -259,7 +259,6 @@ _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
      "YOLO-World class prompts need the CLIP text encoder, which is not available offline"),
     ("ad_controlnet_model", lambda u: u.ad_controlnet_model == "Passthrough",
      "\"Passthrough\" (the request's own ControlNet units inside ADetailer's pass) is not supported"),
-    ("ad_restore_face", lambda u: u.ad_restore_face, "face restoration is not supported"),
 )
 
 

@@ -15,6 +15,7 @@ from engine.passes import InitLatents, PassRequest, run_pass
 from engine.plan import DetailerPlan, InitPlan, NoiseSpec
 from engine.prompts.options import PassShape, PromptOptions
 from engine.prompts.parser import extract_extra_networks
+from engine.restore.step import restore_decoded
 
 
 logger = logging.getLogger(__name__)
@@ -43,17 +44,17 @@ def detail_image(
     should_stop=None,
 ) -> Image.Image:
     """Run every ADetailer unit in order; each mask starts from the previous mask's result (A1111's
-    `postprocess_image` with chained `process_images`). `units` pairs each DetailerPlan with its
-    (pipeline, detector); every pass is counted into `output` (a GenerationOutput). `loras` (a
-    `LoraSession`, None when extra networks are disabled) activates each mask prompt's `<lora:…>` tags.
-    `make_control(units, size, seed)` prepares a unit's `ad_controlnet_*` ControlNet
+    `postprocess_image` with chained `process_images`). `units` holds each DetailerPlan with its
+    (pipeline, detector, face restorer or None); every pass is counted into `output` (a GenerationOutput).
+    `loras` (a `LoraSession`, None when extra networks are disabled) activates each mask prompt's `<lora:…>`
+    tags. `make_control(units, size, seed)` prepares a unit's `ad_controlnet_*` ControlNet
     (`engine.control.request.prepare_control`).
 
     `should_stop` (interrupt, skip, timeout) is asked before each unit, as ADetailer checks
     `state.interrupted or state.skipped`, and before every model call: a mask cut short keeps its partial
     inpaint and the masks after it are left alone."""
     image = target.image
-    for unit, pipe, detector in units:
+    for unit, pipe, detector, restorer in units:
         if should_stop is not None and should_stop():
             break
         found = detector.detect(image, unit.confidence)
@@ -75,14 +76,17 @@ def detail_image(
         ):
             if should_stop is not None and should_stop():
                 break
-            context = (target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop)
+            context = (
+                target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop, restorer
+            )
             image = _inpaint_mask(image, masks[mask_prompt.index], mask_prompt, unit, pipe, context)
     return image
 
 
 def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
-    """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j."""
-    target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop = context
+    """A1111 img2img with `inpaint_full_res` = only masked, `inpainting_fill` = original, seed + j; with
+    `ad_restore_face`, the inpainted crop's faces are restored before it is pasted back (A1111's order)."""
+    target, prompt_options, on_step, embeddings, output, loras, make_control, should_stop, restorer = context
     # A1111's inner img2img activates the extra networks of its own prompt (none: every LoRA off), on the
     # unit's checkpoint; the tags leave the text either way.
     prompt, tags = extract_extra_networks(mask_prompt.prompt)
@@ -132,7 +136,8 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
     if control is not None:
         decoded = control.postprocess(decoded, width, height)
         output.control_calls += control.model_calls
-    return region.paste_back(decoded[0])
+    (decoded,) = restore_decoded(decoded, restorer, unit.face_restoration, [mask_prompt.seed], target.index, output)
+    return region.paste_back(decoded)
 
 
 def _detail_control(unit: DetailerPlan, image: Image.Image, mask: Image.Image, make_control, mask_prompt):

@@ -64,10 +64,14 @@ LAYOUTS: dict[str, tuple[Layout, ...]] = {
     "controlnet": (Layout(("ControlNet",), (".safetensors", ".pth", ".pt", ".ckpt", ".bin"), _holds("config.json")),),
     # insightface packs (insightface/models/antelopev2/*.onnx) and loose files (insightface/inswapper_128.onnx).
     "insightface": (Layout(("insightface",), (".onnx",), _holds_onnx),),
+    # A1111's face restorers; models/GFPGAN also holds facexlib's face detection and parsing weights.
+    "codeformer": (Layout(("Codeformer",), (".pth", ".safetensors")),),
+    "gfpgan": (Layout(("GFPGAN",), (".pth", ".safetensors")),),
 }
 KIND_NOUNS = {"checkpoints": "checkpoint", "vae": "VAE", "lora": "LoRA", "embeddings": "embedding",
               "esrgan": "ESRGAN model", "realesrgan": "RealESRGAN model", "adetailer": "ADetailer model",
-              "controlnet": "ControlNet model", "insightface": "insightface model"}
+              "controlnet": "ControlNet model", "insightface": "insightface model",
+              "codeformer": "CodeFormer model", "gfpgan": "GFPGAN folder file"}
 # How `describe()` shows each kind: A1111's titles where it has them.
 DISPLAY_NAME: dict[str, Callable[[Any], str]] = {"checkpoints": attrgetter("title"),
                                                  "controlnet": attrgetter("title")}

@@ -10,6 +10,9 @@ from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OVERRIDE_SETTINGS
 from engine.prompts.parser import extract_extra_networks
 from engine.samplers import SamplerOptions
 from engine.settings import Settings
+from engine.translate.faces import FACE_RESTORATION_SETTINGS
+from engine.wire.img2img import Img2ImgRequest
+from engine.wire.scripts import check_alwayson_names, selectable_script
 from engine.wire.txt2img import GenerationRequest
 
 
@@ -19,26 +22,17 @@ SEED_RANGE = 4294967294
 # Fields A1111 accepts that this worker does not implement: asking for them is an error, never a no-op.
 UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], ...] = (
     (
-        "restore_faces",
-        lambda r: bool(r.restore_faces),
-        "face restoration (CodeFormer/GFPGAN) is not supported",
-    ),
-    (
-        "script_name",
-        lambda r: r.script_name not in (None, "", "None"),
-        "selectable scripts are not supported",
-    ),
-    (
         "firstpass_image",
         lambda r: bool(getattr(r, "firstpass_image", None)),
         "a given first-pass image is not supported",
     ),
     ("infotext", lambda r: bool(r.infotext), "filling fields from an infotext is not supported yet"),
-    ("styles", lambda r: bool(r.styles), "no prompt styles are installed; send the style text in the prompt"),
     ("s_min_uncond", lambda r: bool(r.s_min_uncond), "skipping the negative prompt early is not supported"),
 )
 
-# alwayson_scripts A1111 extensions provide; matched case-insensitively like A1111 does.
+# alwayson_scripts A1111 extensions provide (and scripts other modules read: the refiner); matched
+# case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
+# engine.translate.alwayson.
 SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
 
 # Values A1111 accepts for "keep what the first pass used".
@@ -51,10 +45,12 @@ def reject_unsupported(request: GenerationRequest) -> None:
     for field, is_requested, message in UNSUPPORTED_FIELDS:
         if is_requested(request):
             raise UnsupportedError(field, message)
-    for name in request.alwayson_scripts or {}:
-        if name.lower() not in SUPPORTED_SCRIPTS:
-            supported = sorted(SUPPORTED_SCRIPTS.values())
-            raise UnsupportedError(f"alwayson_scripts.{name}", f"unknown script; supported: {supported}")
+    selectable_script(request.script_name, is_img2img(request))  # an unknown name is A1111's 422
+    check_alwayson_names(request.alwayson_scripts or {}, SUPPORTED_SCRIPTS, is_img2img(request))
+
+
+def is_img2img(request: GenerationRequest) -> bool:
+    return isinstance(request, Img2ImgRequest)
 
 
 def bounded_int(value: int | None, field: str, low: int, high: int) -> int:
@@ -196,6 +192,7 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "refiner_switch_by_sample_steps": _boolean,
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
+    **FACE_RESTORATION_SETTINGS,
 }
 
 

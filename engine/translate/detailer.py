@@ -8,6 +8,7 @@ from engine.networks import lora_requests
 from engine.plan import DetailerPlan, SamplerSpec
 from engine.prompts.parser import extract_extra_networks
 from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, multiple_of_8, sampler_options
+from engine.translate.faces import face_restoration_plan
 
 
 def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options):
@@ -57,6 +58,8 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else 1.0,
                 clip_skip=unit.ad_clip_skip if unit.ad_use_clip_skip else None,
                 checkpoint=checkpoint,
+                # ADetailer's inner img2img gets restore_faces=ad_restore_face and A1111's options.
+                face_restoration=face_restoration_plan(unit.ad_restore_face, options),
                 controlnet=detailer_controlnet(unit, adetailer.field(position, "ad_controlnet_model")),
             )
         )

@@ -9,10 +9,13 @@ from engine.errors import RequestError, UnsupportedError
 from engine.networks import lora_requests
 from engine.plan import GenerationPlan, SamplerSpec
 from engine.prompts.options import prompt_options_from
+from engine.prompts.styles import StyleDatabase
 from engine.settings import Settings
+from engine.translate.alwayson import apply_builtin_scripts
 from engine.translate.common import (
     bounded_int,
     image_size,
+    is_img2img,
     noise_spec,
     per_image,
     read_override_settings,
@@ -22,7 +25,9 @@ from engine.translate.common import (
     take_extra_networks,
 )
 from engine.translate.detailer import detailer_plans
+from engine.translate.faces import face_restoration_plan
 from engine.translate.refiner import refiner_plan
+from engine.translate.styles import apply_request_styles
 from engine.wire.txt2img import GenerationRequest
 
 
@@ -84,6 +89,7 @@ def plan_generation(
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
@@ -92,3 +98,15 @@ def plan_generation(
         warnings=(*request_warnings(request), *refiner_notes),
     )
     return plan, options
+
+
+def prepare_request(request: GenerationRequest, styles: StyleDatabase | None):
+    """What A1111 does to a request before it plans the passes: its built-in always-on scripts set their fields
+    (`Seed`, `Sampler`, `Refiner`…), then the styles are merged into the prompts (`setup_prompts`).
+
+    Returns:
+        (the rewritten request, warnings, a VAE tiling asked for by `Tiled VAE` or None).
+    """
+    request, script_warnings, vae_tiling = apply_builtin_scripts(request, is_img2img(request))
+    request, style_warnings = apply_request_styles(request, styles)
+    return request, script_warnings + style_warnings, vae_tiling

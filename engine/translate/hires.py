@@ -17,10 +17,10 @@ def hires_plan(request, settings, first: GenerationPlan, options):
     steps, sampler = first.num_inference_steps, first.sampler
     if request.denoising_strength is None:
         # A1111 crashes with HTTP 500 here, after the first pass has already run.
-        raise RequestError("denoising_strength", "is required with enable_hr: a number in (0, 1]")
-    if not 0 < request.denoising_strength <= 1:
+        raise RequestError("denoising_strength", "is required with enable_hr: a number in [0, 1]")
+    if not 0 <= request.denoising_strength <= 1:
         raise RequestError(
-            "denoising_strength", f"must be in (0, 1] with enable_hr, got {request.denoising_strength}"
+            "denoising_strength", f"must be in [0, 1] with enable_hr, got {request.denoising_strength}"
         )
     width, height = request.width, request.height
     resize_x, resize_y = request.hr_resize_x or 0, request.hr_resize_y or 0
@@ -58,6 +58,8 @@ def hires_plan(request, settings, first: GenerationPlan, options):
             request.hr_scheduler or request.scheduler,
             field="hr_sampler_name",
         )
+    if request.denoising_strength == 0:
+        _check_zero_strength_sampler(hr_choice)
     hr_prompts, loras = prompts, first.loras
     written = first.prompts_as_written or prompts
     hr_written = (request.hr_prompt,) * len(prompts) if request.hr_prompt else written
@@ -112,3 +114,23 @@ def _hires_resize(width: int, height: int, resize_x: int, resize_y: int) -> tupl
     if width / height < resize_x / resize_y:
         return resize_x, resize_x * height // width
     return resize_y * width // height, resize_y
+
+
+# Samplers A1111 cannot run over its zero-step schedule at denoising strength 0: the timestep samplers divide
+# 1000 by the step count, DPM fast / adaptive read the schedule's next-to-last sigma (HTTP 500 in A1111).
+ZERO_STRENGTH_FAILURES = {"timesteps": "divides by its zero step count", "dpm_fast": "needs a sigma range",
+                          "dpm_adaptive": "needs a sigma range"}
+
+
+def _check_zero_strength_sampler(choice) -> None:
+    """At strength 0 A1111 asks for a 0-step schedule: k-diffusion samplers then run no step at all (the
+    upscaled latents are decoded as they are), the samplers named above crash."""
+    reason = ZERO_STRENGTH_FAILURES.get(choice.definition.family) or ZERO_STRENGTH_FAILURES.get(
+        choice.definition.algorithm
+    )
+    if reason:
+        raise RequestError(
+            "denoising_strength",
+            f"0 with hires sampler {choice.sampler!r}: its zero-step schedule {reason} (HTTP 500 in A1111); "
+            "use a strength above 0 or another hr_sampler_name",
+        )

@@ -7,8 +7,9 @@ from engine.control.units import with_init_image
 from engine.errors import RequestError
 from engine.imaging.decode import decode_image
 from engine.plan import GenerationPlan, InitPlan
+from engine.prompts.styles import StyleDatabase
 from engine.settings import Settings
-from engine.translate.generation import plan_generation
+from engine.translate.generation import plan_generation, prepare_request
 from engine.wire.img2img import Img2ImgRequest
 
 
@@ -18,9 +19,13 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 
 
 def to_img2img_plan(
-    request: Img2ImgRequest, settings: Settings, defaults: dict[str, Any] | None = None
+    request: Img2ImgRequest,
+    settings: Settings,
+    defaults: dict[str, Any] | None = None,
+    styles: StyleDatabase | None = None,
 ) -> GenerationPlan:
     """Validate an img2img request and translate it: init images, mask, strength, inpainting options."""
+    request, rewrite_warnings, vae_tiling = prepare_request(request, styles)
     if not request.init_images:
         raise RequestError("init_images", "is required: a list of base64-encoded images")
     images = tuple(decode_image(text, f"init_images[{i}]")[0] for i, text in enumerate(request.init_images))
@@ -41,6 +46,7 @@ def to_img2img_plan(
         strength=min(strength, 0.999),
         resize_mode=_choice(request.resize_mode, RESIZE_MODES, "resize_mode"),
         mask=_mask(request, images[0].size),
+        latent_mask=decode_image(request.latent_mask, "latent_mask")[0] if request.latent_mask else None,
         mask_blur=_mask_blur(request),
         invert_mask=bool(request.inpainting_mask_invert),
         mask_round=request.mask_round is not False,
@@ -58,12 +64,18 @@ def to_img2img_plan(
         extra += [("Mask blur", request.mask_blur if request.mask_blur is not None else init.mask_blur[0])]
         if init.only_masked:
             extra += [("Inpaint area", "Only masked"), ("Masked area padding", init.padding)]
-    warnings = plan.warnings
+    warnings = plan.warnings + tuple(rewrite_warnings)
     if request.image_cfg_scale is not None:
         warnings += ("ignored image_cfg_scale: it applies to instruct-pix2pix models only",)
     units, notes = with_init_image(plan.control_units, init, plan.width, plan.height)
-    return replace(plan, init=init, infotext_extra=plan.infotext_extra + tuple(extra), control_units=units,
-                   warnings=warnings + tuple(notes))
+    return replace(
+        plan,
+        init=init,
+        infotext_extra=plan.infotext_extra + tuple(extra),
+        control_units=units,
+        warnings=warnings + tuple(notes),
+        vae_tiling=vae_tiling,
+    )
 
 
 def _choice(value: int | None, names: tuple[str, ...], field: str) -> int:

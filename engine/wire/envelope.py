@@ -7,6 +7,7 @@ from engine.errors import RequestError
 
 
 TXT2IMG = "sdapi/v1/txt2img"
+IMG2IMG = "sdapi/v1/img2img"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class InfotextFields:
     clip_skip: int = 1
     ensd: int | None = None  # only for samplers that use it
     rng: str = "GPU"
+    face_restoration: str | None = None  # the restorer's name when restore_faces is on
     tiling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # A1111's extra_generation_params, in order
 
@@ -49,6 +50,7 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
         "Schedule type": fields.schedule_type,
         "CFG scale": fields.cfg_scale,
         "Seed": image.seed,
+        "Face restoration": fields.face_restoration,
         "Size": f"{fields.width}x{fields.height}",
         "Model hash": fields.model_hash,
         "Model": fields.model_name,
@@ -69,12 +71,12 @@ def infotext(fields: InfotextFields, image: ImageRecord) -> str:
     # A key already present keeps its place and only takes the new value (plain dict update).
     params.update(fields.extra)
     params["Version"] = VERSION
-    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None)
+    settings = ", ".join(f"{key}: {quote(value)}" for key, value in params.items() if value is not None)
     negative = f"\nNegative prompt: {image.negative_prompt}" if image.negative_prompt else ""
     return f"{image.prompt}{negative}\n{settings}"
 
 
-def _quote(value: Any) -> str:
+def quote(value: Any) -> str:
     """A1111 `infotext_utils.quote`: JSON-quote values that contain a separator."""
     text = str(value)
     if "," not in text and "\n" not in text and ":" not in text:
@@ -113,8 +115,8 @@ def info_json(
         "cfg_scale": fields.cfg_scale,
         "steps": fields.steps,
         "batch_size": batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": fields.face_restoration is not None,
+        "face_restoration_model": fields.face_restoration,
         "sd_model_name": fields.model_name,
         "sd_model_hash": fields.model_hash,
         "sd_vae_name": fields.vae_name,

@@ -4,7 +4,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.wire.validation import parse_model
+from engine.wire.validation import LenientInt, LenientPrompt, LenientStr, LenientStrList, parse_model
 
 
 class GenerationRequest(BaseModel):
@@ -19,22 +19,22 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     endpoint: ClassVar[str] = "generation"
 
-    prompt: str | list[str] | None = ""
-    negative_prompt: str | list[str] | None = ""
-    styles: list[str] | None = None
-    seed: int | None = -1
-    subseed: int | None = -1
+    prompt: LenientPrompt | None = ""
+    negative_prompt: LenientPrompt | None = ""
+    styles: LenientStrList | None = None
+    seed: LenientInt | None = -1
+    subseed: LenientInt | None = -1
     subseed_strength: float | None = 0.0
-    seed_resize_from_h: int | None = -1
-    seed_resize_from_w: int | None = -1
-    sampler_name: str | None = None
-    scheduler: str | None = None
-    batch_size: int | None = 1
-    n_iter: int | None = 1
-    steps: int | None = 50
+    seed_resize_from_h: LenientInt | None = -1
+    seed_resize_from_w: LenientInt | None = -1
+    sampler_name: LenientStr | None = None
+    scheduler: LenientStr | None = None
+    batch_size: LenientInt | None = 1
+    n_iter: LenientInt | None = 1
+    steps: LenientInt | None = 50
     cfg_scale: float | None = 7.0
-    width: int | None = 512
-    height: int | None = 512
+    width: LenientInt | None = 512
+    height: LenientInt | None = 512
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool | None = False
@@ -48,18 +48,18 @@ class GenerationRequest(BaseModel):
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = True
-    refiner_checkpoint: str | None = None
+    refiner_checkpoint: LenientStr | None = None
     refiner_switch_at: float | None = None
     disable_extra_networks: bool | None = False
     comments: dict[str, Any] | None = None
-    force_task_id: str | None = None
-    sampler_index: str | None = "Euler"
-    script_name: str | None = None
+    force_task_id: LenientStr | None = None
+    sampler_index: LenientStr | None = "Euler"
+    script_name: LenientStr | None = None
     script_args: list[Any] | None = []  # noqa: RUF012 - pydantic copies defaults per instance
     send_images: bool | None = True
     save_images: bool | None = False
     alwayson_scripts: dict[str, Any] | None = {}  # noqa: RUF012
-    infotext: str | None = None
+    infotext: LenientStr | None = None
 
     @classmethod
     def parse(cls, payload: Any):
@@ -79,17 +79,17 @@ class Txt2ImgRequest(GenerationRequest):
 
     endpoint: ClassVar[str] = "txt2img"
 
-    firstpass_image: str | None = None
+    firstpass_image: LenientStr | None = None
     enable_hr: bool | None = False
-    firstphase_width: int | None = 0
-    firstphase_height: int | None = 0
+    firstphase_width: LenientInt | None = 0
+    firstphase_height: LenientInt | None = 0
     hr_scale: float | None = 2.0
-    hr_upscaler: str | None = None
-    hr_second_pass_steps: int | None = 0
-    hr_resize_x: int | None = 0
-    hr_resize_y: int | None = 0
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str | None = ""
-    hr_negative_prompt: str | None = ""
+    hr_upscaler: LenientStr | None = None
+    hr_second_pass_steps: LenientInt | None = 0
+    hr_resize_x: LenientInt | None = 0
+    hr_resize_y: LenientInt | None = 0
+    hr_checkpoint_name: LenientStr | None = None
+    hr_sampler_name: LenientStr | None = None
+    hr_scheduler: LenientStr | None = None
+    hr_prompt: LenientStr | None = ""
+    hr_negative_prompt: LenientStr | None = ""

@@ -1,8 +1,11 @@
-"""Turn pydantic validation failures into one-line `RequestError`s naming the field."""
+"""Turn pydantic validation failures into one-line `RequestError`s naming the field, and the lenient field
+types A1111's pydantic-v1 request models amount to."""
 
-from typing import Any, TypeVar
+import math
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 from engine.errors import RequestError
 
@@ -42,3 +45,36 @@ def _describe(error: dict) -> str:
     if kind in expected:
         return expected[kind]
     return error["msg"][0].lower() + error["msg"][1:]
+
+
+# A1111 v1.10 builds its request models with pydantic 1, whose validators coerce more than pydantic 2's lax
+# mode: an int field takes a float and truncates it (`int(20.5)` → 20), a str field takes a number and
+# stringifies it (`str(0)` → "0"). Clients written against A1111 rely on both (`"steps": 20.0`,
+# `"sampler_index": 0`). Everything pydantic 2 already accepts (`"512"`, `512.0`, `"true"`) stays as it is.
+
+
+def _v1_int(value: Any) -> Any:
+    """pydantic 1 `int_validator`: `int(value)` for a finite float; everything else as pydantic 2 sees it."""
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return value
+
+
+def _v1_str(value: Any) -> Any:
+    """pydantic 1 `str_validator`: numbers (bools included, they are ints) become their `str()`."""
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    return value
+
+
+def _v1_str_or_list(value: Any) -> Any:
+    """A prompt: a string, or a list of strings (one per image), numbers stringified as pydantic 1 does."""
+    if isinstance(value, list):
+        return [_v1_str(item) for item in value]
+    return _v1_str(value)
+
+
+LenientInt = Annotated[int, BeforeValidator(_v1_int)]
+LenientStr = Annotated[str, BeforeValidator(_v1_str)]
+LenientPrompt = Annotated[str | list[str], BeforeValidator(_v1_str_or_list)]
+LenientStrList = list[LenientStr]
