@@ -137,10 +137,7 @@ class PreparedSampler:
         After the last evaluation this returns the final latent, the one A1111 decodes.
         """
         x, level = self._evaluation_point(sample)
-        expected = self._space.timestep(level)
-        if not torch.allclose(torch.as_tensor(timestep, dtype=torch.float32).cpu(), expected.float().cpu(),
-                              atol=1e-3):
-            raise ValueError(f"step() got timestep {float(timestep)}, the sampler expects {float(expected)}")
+        self._check_timestep(timestep, level)
         prediction = self._space.prediction(x, level, model_output)
         denoised = self._space.to_denoised(x, level, prediction)
         if self.denoised_filter is not None:
@@ -154,6 +151,19 @@ class PreparedSampler:
             self.finished = True
             return done.value
         return self._space.to_loop(*self._pending)
+
+
+    def _check_timestep(self, timestep, level: torch.Tensor) -> None:
+        """Catch a loop that fed the wrong evaluation, without reading a device tensor.
+
+        A timestep on an accelerator is not compared: reading it would make the host wait for the GPU at every
+        step. The engine's loop hands over the device copy of `timesteps` (see `engine.sampling.loop`).
+        """
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            return
+        given, expected = float(timestep), float(self._space.timestep(level))
+        if abs(given - expected) > 1e-3:
+            raise ValueError(f"step() got timestep {given}, the sampler expects {expected}")
 
 
 class _LiveTimesteps:
