@@ -6,7 +6,8 @@ The model costs nothing (ε = 0.5·x), so what is timed is the sampler: schedule
 noise (per-image generators, Brownian trees) and the model wrapper. Both sides sample the same latents on the same
 sigmas: the engine through `prepare_sampler` + `denoise` (its whole per-request path), k-diffusion through
 `sample_*` with A1111's wrapper (`CompVisDenoiser`) and A1111's noise (per-image generators via `randn_like`,
-`BrownianTreeNoiseSampler` seeded with the image seeds). Runs alternate; medians are compared. Restart, DDIM,
+`BrownianTreeNoiseSampler` seeded with the image seeds). Runs alternate; medians of process CPU time (one torch
+thread) are compared, which the shared machine's load disturbs far less than wall time. Restart, DDIM,
 PLMS, UniPC and LCM are A1111 code, not k-diffusion functions: their engine time is shown alone.
 """
 
@@ -83,12 +84,12 @@ class PerImageTorch:
 def run_engine(name: str, steps: int, shape, seeds) -> float:
     noise = ImageNoise(shape, seeds, source="CPU")
     initial = noise.first()
-    started = time.perf_counter()
+    started = time.process_time()
     sampler = prepare_sampler(resolve_sampler(name, None), steps_total=steps, steps_run=steps,
                               scheduler_config=CONFIG, seeds=seeds, generators=noise.generators,
                               options=SamplerOptions(randn_source="CPU"), device=torch.device("cpu"))
     denoise(sampler, initial * sampler.start_sigma, lambda x_in, t, i: x_in * 0.5)
-    return time.perf_counter() - started
+    return time.process_time() - started
 
 
 def run_kdiffusion(name: str, steps: int, shape, seeds, denoiser) -> float:
@@ -97,7 +98,7 @@ def run_kdiffusion(name: str, steps: int, shape, seeds, denoiser) -> float:
     initial = noise.first()
     algorithm = row.definition.algorithm
     function = getattr(KS, KDIFFUSION[algorithm])
-    started = time.perf_counter()
+    started = time.process_time()
     sigmas = full_sigmas(row, steps, _discrete(), SamplerOptions())
     x = initial * sigmas[0]
     kwargs = {}
@@ -116,7 +117,7 @@ def run_kdiffusion(name: str, steps: int, shape, seeds, denoiser) -> float:
             function(denoiser, x, sigmas, disable=True, **kwargs)
     finally:
         KS.torch = torch
-    return time.perf_counter() - started
+    return time.process_time() - started
 
 
 def _discrete():
