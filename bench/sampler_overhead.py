@@ -152,7 +152,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, 1 torch thread, torch {torch.__version__}, "
           f"python {platform.python_version()}, load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"\nZero-cost ε model, latents {args.batch}×{shape}, {args.steps} steps, medians of {args.runs} "
-          "alternating runs (preparation included on both sides).\n")
+          "alternating runs, CPU time (preparation included on both sides).\n")
     print("| sampler | model calls | engine ms/call | k-diffusion ms/call | engine ÷ k-diffusion |\n|---|---|---|---|---|")
     for row in SAMPLERS:
         if row.unsupported or (args.only and row.name not in args.only):
