@@ -98,7 +98,7 @@ def prepare_stage(args: ReactorArgs, engine) -> FaceSwapStage:
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         faces = analyser.faces(bgr, args.det_thresh, args.det_maxnum)
         sources = tuple(source_faces_for(faces, args.source_faces_index, args.gender_source,
-                                         field("source_faces_index")))
+                                         field("source_faces_index"), field("source_image")))
     return FaceSwapStage(args, analyser, swapper, sources, restorer, upscaler)
 
 

@@ -49,16 +49,19 @@ def check_index_counts(source_indices: Sequence[int], target_indices: Sequence[i
 
 
 def source_faces_for(
-    faces: Sequence[Any], indices: Sequence[int], gender: int, where: str
+    faces: Sequence[Any], indices: Sequence[int], gender: int, where: str, image_field: str | None = None
 ) -> list[Any | None]:
     """The source face for each source index, None where it fails the gender filter.
+
+    Args:
+        where: the field named when an index has no face; `image_field` (default `where`) when none is found.
 
     Raises:
         RequestError: the source image has no face at an index (the client's own image: said at once).
     """
     ordered = left_to_right(faces)
     if not ordered:
-        raise RequestError(where, "no face found in the ReActor source image")
+        raise RequestError(image_field or where, "no face found in the ReActor source image")
     chosen = []
     for index in indices:
         if index >= len(ordered):
