@@ -169,7 +169,9 @@ INPAINT = {"prompt": "a face", "seed": 3, "steps": 2, "width": SIZE, "height": S
 
 def test_img2img_payload_swaps_the_face_the_overlay_keeps(sd15_engine):
     """End to end: an inpainting request whose mask leaves the painted face alone, so the finished image still
-    has it; with ReActor's args the face area differs from the same request without them, and only there."""
+    has it; with ReActor's args the face area differs from the same request without them, and only there.
+    (This relies on the swap running after the paste-back, a documented difference: A1111 would cover a swap
+    outside the mask with the original again.)"""
     target = faces_image((FEMALE, LEFT))
     mask = Image.new("L", (SIZE, SIZE))
     mask.paste(255, (256, 256, SIZE, SIZE))
