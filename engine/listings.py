@@ -389,3 +389,10 @@ def reactor_upscalers(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
 def reactor_facemodels(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
     """`GET /reactor/facemodels`: ReActor's face models (models/reactor/faces), named without the extension."""
     return {"facemodels": [name.split(".")[0] for name in engine.face_swap.face_models()]}
+
+
+def reactor_image(engine, payload: dict[str, Any]) -> dict[str, str]:
+    """`POST /reactor/image`: ReActor on one target image, `{"image": base64}`."""
+    from engine.faceswap.api import swap_image
+
+    return swap_image(engine, payload)

@@ -198,3 +198,26 @@ def test_request_errors_come_before_generation(sd15_engine):
         sd15_engine.txt2img({**payload, "alwayson_scripts": {"reactor": {"args": [None, True]}}})
     with pytest.raises(NotFoundError, match=r"args\[4\].*installed: 'inswapper_128.onnx'"):
         sd15_engine.txt2img({**payload, "alwayson_scripts": {"reactor": {"args": reactor_args(model="x.onnx")}}})
+
+
+def test_reactor_image_endpoint_swaps_with_reactors_body_fields(sd15_engine):
+    """`POST /reactor/image` with ReActor's field names runs the same stage as the script args."""
+    target = faces_image((FEMALE, LEFT), (MALE, RIGHT))
+    body = {"source_image": b64(SOURCE), "target_image": "data:image/png;base64," + b64(target), "face_index": [1]}
+    answer = sd15_engine.handle("POST", "reactor/image", body)
+    result = Image.open(io.BytesIO(base64.b64decode(answer["image"])))
+    expected = stage(sd15_engine, faces_index="1").apply(target, seed=0)[0]
+    assert np.array_equal(np.asarray(result.convert("RGB")), np.asarray(expected))
+    assert changed(target, expected).any()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"face_index": [0]}, r"^source_image: ReActor needs a source face"),
+    ({"source_image": "SOURCE", "model": "nope.onnx"}, r"^model: no swap model named 'nope.onnx'"),
+    ({"source_image": "SOURCE", "mask_face": 1}, r"^mask_face: face mask correction is not supported"),
+    ({"source_image": "SOURCE", "save_to_file": 1}, r"^save_to_file: the worker does not write files"),
+])
+def test_reactor_image_errors_name_the_body_field(sd15_engine, body, message):
+    body = {key: b64(SOURCE) if value == "SOURCE" else value for key, value in body.items()}
+    with pytest.raises(RequestError, match=message):
+        sd15_engine.handle("POST", "reactor/image", {"target_image": b64(faces_image()), **body})
