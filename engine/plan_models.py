@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.detailer.mediapipe import is_mediapipe_model, mediapipe_model_file
 from engine.errors import UnsupportedError
 from engine.generate import Models
 from engine.plan import GenerationPlan
@@ -59,7 +60,10 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
         if plan.refiner
         else None,
         detectors=tuple(
-            catalog.find_file("adetailer", unit.model, unit.model_field).path for unit in plan.detailers
+            mediapipe_model_file(engine.settings.models_dir, unit.model, unit.model_field)
+            if is_mediapipe_model(unit.model)
+            else catalog.find_file("adetailer", unit.model, unit.model_field).path
+            for unit in plan.detailers
         ),
         detailer_checkpoints=detailer_checkpoints,
         detailer_vaes=tuple(
@@ -122,7 +126,7 @@ def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Model
         (
             unit,
             detailer_pipe(entry, vae),
-            engine.detectors.get(path, unit.model_field),
+            engine.detectors.for_unit(unit.model, path, unit.model_field),
             _restorer(engine, unit.face_restoration),
         )
         for unit, entry, vae, path in zip(
