@@ -36,7 +36,7 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 # case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
 # engine.translate.alwayson.
 SUPPORTED_SCRIPTS = {
-    "adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner",
+    "adetailer": "ADetailer", "controlnet": "ControlNet", "reactor": "ReActor", "refiner": "Refiner",
     **dict.fromkeys(DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE),
     SIMPLE_WILDCARDS_TITLE.lower(): SIMPLE_WILDCARDS_TITLE,
 }
