@@ -108,7 +108,7 @@ class Models:
             base=view(self.base),
             hires=view(self.hires),
             refiner=view(self.refiner),
-            detailers=tuple((unit, view(pipe), detector) for unit, pipe, detector in self.detailers),
+            detailers=tuple((unit, view(pipe), *rest) for unit, pipe, *rest in self.detailers),
         )
 
 

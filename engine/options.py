@@ -52,6 +52,17 @@ DEFAULTS: dict[str, Any] = {
     "face_restoration": False,
     "face_restoration_model": "CodeFormer",
     "code_former_weight": 0.5,
+    # The extensions' own options, at their defaults (sd-dynamic-prompts `settings.py`, the wildcards script).
+    "dp_ignore_whitespace": False,
+    "dp_write_raw_template": False,
+    "dp_parser_variant_start": "{",
+    "dp_parser_variant_end": "}",
+    "dp_parser_wildcard_wrap": "__",
+    "dp_wildcard_manager_no_dedupe": False,
+    "dp_wildcard_manager_no_sort": False,
+    "dp_wildcard_manager_shuffle": False,
+    "wildcards_same_seed": False,
+    "wildcards_write_infotext": True,
 }
 
 

@@ -107,6 +107,7 @@ class DetailerPlan:
     noise_multiplier: float = 1.0
     clip_skip: int | None = None  # None: the request's
     checkpoint: str | None = None  # None: the generation's
+    vae: str | None = None  # ad_vae, an `sd_vae` value for this unit's passes; None: the generation's
     face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
     controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
 

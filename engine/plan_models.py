@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.detailer.mediapipe import is_mediapipe_model, mediapipe_model_file
 from engine.errors import UnsupportedError
 from engine.generate import Models
 from engine.plan import GenerationPlan
@@ -21,6 +22,8 @@ class ResolvedModels:
     refiner: CheckpointEntry | None = None  # `refiner_checkpoint`
     detectors: tuple[Path, ...] = ()  # one per ADetailer unit
     detailer_checkpoints: tuple[CheckpointEntry | None, ...] = ()  # `ad_checkpoint` per unit
+    # `ad_vae` per unit: None = the generation's VAE for the unit's checkpoint, else (VAE or None = baked-in,).
+    detailer_vaes: tuple[tuple[VaeEntry | None] | None, ...] = ()
 
 
 def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) -> ResolvedModels:
@@ -37,6 +40,14 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
     catalog = engine.catalog
     hires = plan.hires
     _check_restorers(engine, plan)
+    detailer_checkpoints = tuple(
+        catalog.find_checkpoint(
+            unit.checkpoint, unit.model_field.replace("ad_model", "ad_checkpoint"), closest=True
+        )
+        if unit.checkpoint
+        else None
+        for unit in plan.detailers
+    )
     _check_face_swap(engine, plan)
     return ResolvedModels(
         checkpoint=checkpoint,
@@ -50,17 +61,26 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
         if plan.refiner
         else None,
         detectors=tuple(
-            catalog.find_file("adetailer", unit.model, unit.model_field).path for unit in plan.detailers
-        ),
-        detailer_checkpoints=tuple(
-            catalog.find_checkpoint(
-                unit.checkpoint, unit.model_field.replace("ad_model", "ad_checkpoint"), closest=True
-            )
-            if unit.checkpoint
-            else None
+            mediapipe_model_file(engine.settings.models_dir, unit.model, unit.model_field)
+            if is_mediapipe_model(unit.model)
+            else catalog.find_file("adetailer", unit.model, unit.model_field).path
             for unit in plan.detailers
         ),
+        detailer_checkpoints=detailer_checkpoints,
+        detailer_vaes=tuple(
+            _detailer_vae(engine, unit, entry or checkpoint) for unit, entry in zip(
+                plan.detailers, detailer_checkpoints, strict=True
+            )
+        ),
     )
+
+
+def _detailer_vae(engine, unit, checkpoint: CheckpointEntry) -> tuple[VaeEntry | None] | None:
+    """ADetailer's `ad_vae` as A1111 resolves the `sd_vae` override of its inner img2img, for the checkpoint
+    that pass runs on; None when the unit keeps the generation's VAE."""
+    if unit.vae is None:
+        return None
+    return (engine.vaes.resolve(unit.vae, checkpoint, unit.model_field.replace("ad_model", "ad_vae")),)
 
 
 def _check_restorers(engine, plan: GenerationPlan) -> None:
@@ -109,15 +129,24 @@ def load_models(engine, plan: GenerationPlan, resolved: ResolvedModels) -> Model
         refiner = base  # A1111 never switches: the pass already runs on the refiner checkpoint
     if refiner is not None:
         _check_refiner(refiner, base, resolved.refiner)
+    def detailer_pipe(entry: CheckpointEntry | None, vae: tuple[VaeEntry | None] | None):
+        if vae is None:
+            return other(entry) or base
+        # The unit's own VAE on its checkpoint, restored after the pass (A1111 restores override_settings):
+        # a view, so the pipelines of the other passes keep theirs.
+        entry = entry or resolved.checkpoint
+        return engine.vaes.pipeline_for(engine.pipelines.get(entry), vae[0], entry)
+
     detailers = tuple(
         (
             unit,
-            other(entry) or base,
-            engine.detectors.get(path, unit.model_field),
+            detailer_pipe(entry, vae),
+            engine.detectors.for_unit(unit.model, path, unit.model_field),
             _restorer(engine, unit.face_restoration),
         )
-        for unit, entry, path in zip(
-            plan.detailers, resolved.detailer_checkpoints, resolved.detectors, strict=True
+        for unit, entry, vae, path in zip(
+            plan.detailers, resolved.detailer_checkpoints, resolved.detailer_vaes or (None,) * len(plan.detailers),
+            resolved.detectors, strict=True
         )
     )
     return Models(

@@ -44,6 +44,9 @@ class Settings:
     styles_file: str | None = None
     # Opt-in speed-ups (torch.compile, channels-last, fp16-fixed SDXL VAE, pad_cond_uncond); all off by default.
     speedups: SpeedUps = field(default_factory=SpeedUps)
+    # Wildcard files for Dynamic Prompts / Simple wildcards; None: models/wildcards (or an A1111 install's
+    # extension folder, see engine.prompts.wildcards.wildcard_folder).
+    wildcards_dir: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -56,8 +59,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated), `STYLES_FILE` and
-        the speed-up switches (`engine.speedups.SpeedUps.from_env`) from the environment."""
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated), `STYLES_FILE`,
+        `WILDCARDS_DIR` and the speed-up switches (`engine.speedups.SpeedUps.from_env`) from the environment."""
         from engine.resources.catalog import locate_models_root
 
         env = os.environ if env is None else env
@@ -79,6 +82,7 @@ class Settings:
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
             "styles_file": env.get("STYLES_FILE") or None,
             "speedups": SpeedUps.from_env(env),
+            "wildcards_dir": Path(env["WILDCARDS_DIR"]) if env.get("WILDCARDS_DIR") else None,
         }
         values = {k: v for k, v in values.items() if v is not None}
         return replace(settings, **{**values, **overrides})

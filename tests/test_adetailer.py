@@ -94,3 +94,49 @@ def test_invalid_units_are_errors_naming_the_key(sd15_engine, change, field):
 
     with pytest.raises(RequestError, match=field):
         sd15_engine.txt2img(with_adetailer(SMALL, unit(**change)))
+
+
+def inside_and_outside(engine, image):
+    """Where the unit's blurred mask is 0 and where it is not, on `image` (the base pass's result)."""
+    from engine.detailer.args import parse_unit
+
+    found = engine.detectors.get(engine.catalog.find_file("adetailer", "face_yolov8n.pt").path).detect(image, 0.001)
+    (mask,) = prepare_masks(found, parse_unit(unit()).mask_options())
+    outside = np.asarray(blur_mask(create_binary_mask(mask), 4)) == 0
+    return ~outside, outside
+
+
+def test_ad_vae_decodes_only_the_inpaint_pass_and_is_restored_after(sd15_engine):
+    from engine.demo.models import DEMO_VAE
+
+    plain = sd15_engine.txt2img(with_adetailer(SMALL, unit())).images[0]
+    with_vae = sd15_engine.txt2img(with_adetailer(SMALL, unit(ad_use_vae=True, ad_vae=DEMO_VAE)))
+    inside, outside = inside_and_outside(sd15_engine, sd15_engine.txt2img(SMALL).images[0])
+    plain_pixels, vae_pixels = np.asarray(plain).astype(int), np.asarray(with_vae.images[0]).astype(int)
+    # The base pass decodes with the checkpoint's own VAE: every pixel ADetailer leaves alone is the same.
+    assert np.array_equal(plain_pixels[outside], vae_pixels[outside])
+    assert not np.array_equal(plain_pixels[inside], vae_pixels[inside])
+    assert any(key.path.name == DEMO_VAE for key in sd15_engine.vaes.resident())
+    info = json.loads(with_vae.info)["infotexts"][0]
+    assert f"ADetailer use separate VAE: True, ADetailer VAE: {DEMO_VAE}" in info
+    assert "VAE hash" not in info  # the image's own VAE is still the baked-in one
+    # Restored: the same request without ad_vae gives the earlier pixels again.
+    assert sd15_engine.txt2img(with_adetailer(SMALL, unit())).images[0].tobytes() == plain.tobytes()
+
+
+@pytest.mark.parametrize("change", [
+    {"ad_use_vae": False, "ad_vae": "tiny-vae-sd15.safetensors"},  # the flag decides
+    {"ad_use_vae": True, "ad_vae": "Use same VAE"},
+    {"ad_use_vae": True, "ad_vae": "None"},  # ADetailer reads "None" as "use the same VAE"
+    {"ad_use_vae": True, "ad_vae": "Automatic"},  # no VAE file is named after tiny-sd15: its own VAE
+])
+def test_ad_vae_values_that_keep_the_generations_vae(sd15_engine, change):
+    plain = sd15_engine.txt2img(with_adetailer(SMALL, unit())).images[0]
+    assert sd15_engine.txt2img(with_adetailer(SMALL, unit(**change))).images[0].tobytes() == plain.tobytes()
+
+
+def test_unknown_ad_vae_is_an_error_naming_the_unit_field(sd15_engine):
+    from engine.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match=r"^alwayson_scripts\.ADetailer\.args\[2\]\.ad_vae: .*tiny-vae-sd15"):
+        sd15_engine.txt2img(with_adetailer(SMALL, unit(ad_use_vae=True, ad_vae="missing.safetensors")))

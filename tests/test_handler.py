@@ -68,8 +68,8 @@ def test_bare_payload_and_same_seed_same_pixels(run):
             "alwayson_scripts.ADetailer",
         ),
         (
-            envelope({**SMALL, "alwayson_scripts": {"Dynamic Prompts": {"args": []}}}),
-            "alwayson_scripts.Dynamic Prompts",
+            envelope({**SMALL, "alwayson_scripts": {"Regional Prompter": {"args": []}}}),
+            "alwayson_scripts.Regional Prompter",
         ),
     ],
 )

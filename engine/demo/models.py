@@ -13,11 +13,22 @@ from engine.control.demo import write_tiny_control_models
 from engine.control.demo_families import write_tiny_control_families
 from engine.control.maps.demo import write_random_annotators
 from engine.demo.lora import write_tiny_lora
-from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
+from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint, write_tiny_vae
 from engine.detailer.demo import write_tiny_yolo
 from engine.faceswap.demo import write_tiny_reactor_models
 from engine.restore.demo import write_tiny_face_restorers
 from engine.upscale.demo import write_tiny_esrgan
+
+
+# A VAE file for SD1.5 checkpoints (`sd_vae`, ADetailer's `ad_vae`); its name starts with no checkpoint's, so
+# "Automatic" still gives every demo checkpoint its baked-in VAE.
+DEMO_VAE = "tiny-vae-sd15.safetensors"
+
+
+def write_demo_vae(models_dir: Path) -> list[Path]:
+    path = Path(models_dir) / "VAE" / DEMO_VAE
+    write_tiny_vae("sd15", path, seed=3)
+    return [path]
 
 
 # One writer per demo model (or family of files); each returns the paths it wrote.
@@ -31,6 +42,7 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     functools.partial(
         write_tiny_checkpoint, "sd15", "tiny-sd15_inpainting", seed=1, in_channels=INPAINTING_IN_CHANNELS
     ),
+    write_demo_vae,
     write_tiny_lora,
     write_tiny_esrgan,
     write_tiny_yolo,

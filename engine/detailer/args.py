@@ -253,8 +253,6 @@ def _legacy_confidence(value: Any) -> Any:
 
 # Features of an active unit this worker does not implement (yet): (key, is requested, message).
 _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
-    ("ad_model", lambda u: u.ad_model.lower().startswith("mediapipe"),
-     "mediapipe detectors are not supported; use a YOLO .pt model from models/adetailer"),
     ("ad_model_classes", lambda u: bool(u.ad_model_classes.strip()) and "-world" in PurePosixPath(u.ad_model).stem,
      "YOLO-World class prompts need the CLIP text encoder, which is not available offline"),
     ("ad_controlnet_model", lambda u: u.ad_controlnet_model == "Passthrough",

@@ -108,6 +108,7 @@ class DetectorCache:
         self.image_size = image_size
         self.catalog = catalog
         self._detectors: dict[Path, YoloDetector] = {}
+        self._mediapipe: dict[str, Detector] = {}
         self._lock = threading.Lock()
 
     def get(self, path: Path, field: str = "ad_model") -> YoloDetector:
@@ -120,6 +121,18 @@ class DetectorCache:
     def resident(self) -> list[Path]:
         with self._lock:
             return list(self._detectors)
+
+    def for_unit(self, model: str, path: Path, field: str = "ad_model") -> Detector:
+        """The detector of an `ad_model` already resolved to `path`: mediapipe's for its names (cached by
+        name, since two of them share a file), else the YOLO model in that file."""
+        from engine.detailer.mediapipe import MEDIAPIPE_MODELS, MediapipeDetector, is_mediapipe_model
+
+        if not is_mediapipe_model(model):
+            return self.get(path, field)
+        with self._lock:
+            if model not in self._mediapipe:
+                self._mediapipe[model] = MediapipeDetector(MEDIAPIPE_MODELS[model], path)
+            return self._mediapipe[model]
 
     def for_model(self, catalog: "ModelCatalog", name: str, field: str = "ad_model") -> YoloDetector:
         """The detector for an `ad_model` name, resolved in the catalog's `adetailer` folder (unknown name →
@@ -136,8 +149,14 @@ class DetectorCache:
 
 def ad_model_names(catalog: "ModelCatalog") -> list[str]:
     """The `ad_model` names a request may use: each `.pt` file's name under `models/adetailer`, as ADetailer
-    lists them (first one wins if two subfolders hold the same name). mediapipe models are not offered."""
-    return list(dict.fromkeys(entry.path.name for entry in catalog.entries("adetailer")))
+    lists them (first one wins if two subfolders hold the same name), then the mediapipe models whose files
+    are in `models/mediapipe` (ADetailer lists its four always)."""
+    from engine.detailer.mediapipe import MEDIAPIPE_FOLDER, MEDIAPIPE_MODELS
+
+    yolo = [entry.path.name for entry in catalog.entries("adetailer")]
+    mediapipe = [name for name, model in MEDIAPIPE_MODELS.items()
+                 if (Path(catalog.root) / MEDIAPIPE_FOLDER / model.file).is_file()]
+    return list(dict.fromkeys([*yolo, *mediapipe]))
 
 
 def ad_model_listing(catalog: "ModelCatalog") -> dict[str, list[str]]:

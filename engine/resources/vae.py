@@ -45,7 +45,9 @@ class ExternalVaes:
         self.precision = precision
         self._loaded: ResidentCache[VaeKey, object] = ResidentCache(self._load, capacity=RESIDENT_VAES)
 
-    def resolve(self, setting: str | None, checkpoint: CheckpointEntry) -> VaeEntry | None:
+    def resolve(
+        self, setting: str | None, checkpoint: CheckpointEntry, field: str = SD_VAE_FIELD
+    ) -> VaeEntry | None:
         """The external VAE file a request uses; None means the checkpoint's own (baked-in) VAE.
 
         Args:
@@ -53,6 +55,7 @@ class ExternalVaes:
                 starts with the checkpoint's (`find_vae_near_checkpoint`), else the baked-in one. "None": the
                 baked-in one. Else a VAE name (file name, stem or path under `VAE/`).
             checkpoint: the checkpoint the request runs on.
+            field: the request field holding `setting`, for errors (ADetailer's `ad_vae` too).
 
         Raises:
             NotFoundError: an unknown VAE name, listing the VAEs on disk (A1111 logs, uses the baked-in VAE).
@@ -61,7 +64,7 @@ class ExternalVaes:
             return self.catalog.vae_near_checkpoint(checkpoint)
         if setting == BAKED_IN:
             return None
-        return self.catalog.find_vae(setting, SD_VAE_FIELD)
+        return self.catalog.find_vae(setting, field)
 
     def pipeline_for(
         self, pipe: A1111Pipeline, vae: VaeEntry | None, checkpoint: CheckpointEntry

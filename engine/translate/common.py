@@ -6,8 +6,10 @@ from typing import Any
 
 from engine.errors import RequestError, UnsupportedError
 from engine.plan import NoiseSpec
+from engine.prompts.dynamic import DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE
 from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OVERRIDE_SETTINGS
 from engine.prompts.parser import extract_extra_networks
+from engine.prompts.wildcards import SIMPLE_WILDCARDS_TITLE
 from engine.samplers import SamplerOptions
 from engine.settings import Settings
 from engine.translate.faces import FACE_RESTORATION_SETTINGS
@@ -33,7 +35,11 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 # alwayson_scripts A1111 extensions provide (and scripts other modules read: the refiner); matched
 # case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
 # engine.translate.alwayson.
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "reactor": "ReActor", "refiner": "Refiner"}
+SUPPORTED_SCRIPTS = {
+    "adetailer": "ADetailer", "controlnet": "ControlNet", "reactor": "ReActor", "refiner": "Refiner",
+    **dict.fromkeys(DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE),
+    SIMPLE_WILDCARDS_TITLE.lower(): SIMPLE_WILDCARDS_TITLE,
+}
 
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
@@ -97,7 +103,13 @@ def fixed_seed(seed: int | None) -> int:
     return seed
 
 
-def noise_spec(request: GenerationRequest, count: int, options: dict[str, Any]) -> NoiseSpec:
+def noise_spec(
+    request: GenerationRequest,
+    count: int,
+    options: dict[str, Any],
+    seeds: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> NoiseSpec:
+    """Each image's seed and subseed (A1111's seed + i, or `seeds` = (seeds, subseeds) given by a script)."""
     for field in ("seed", "subseed"):
         value = getattr(request, field)
         if value is not None and value < -1:
@@ -107,9 +119,11 @@ def noise_spec(request: GenerationRequest, count: int, options: dict[str, Any]) 
     # A1111 gives every image the same seed when a variation strength is set, else seed + i.
     step = 0 if strength != 0 else 1
     resize = (max(request.seed_resize_from_w or 0, 0), max(request.seed_resize_from_h or 0, 0))
+    if seeds is None:
+        seeds = (tuple(seed + i * step for i in range(count)), tuple(subseed + i for i in range(count)))
     return NoiseSpec(
-        seeds=tuple(seed + i * step for i in range(count)),
-        subseeds=tuple(subseed + i for i in range(count)),
+        seeds=tuple(seeds[0]),
+        subseeds=tuple(seeds[1]),
         subseed_strength=strength,
         seed_resize_from=resize if all(resize) else (0, 0),
         source=options.get("randn_source", "GPU"),
@@ -190,6 +204,11 @@ OVERRIDE_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "tiling": _boolean,
     "hires_fix_refiner_pass": _choice("first pass", "second pass", "both passes"),
     "refiner_switch_by_sample_steps": _boolean,
+    # Dynamic Prompts' and Simple wildcards' options (engine.prompts.dynamic, engine.prompts.wildcards).
+    **dict.fromkeys(("dp_ignore_whitespace", "dp_write_raw_template", "dp_wildcard_manager_no_dedupe",
+                     "dp_wildcard_manager_no_sort", "dp_wildcard_manager_shuffle", "wildcards_same_seed",
+                     "wildcards_write_infotext"), _boolean),
+    **dict.fromkeys(("dp_parser_variant_start", "dp_parser_variant_end", "dp_parser_wildcard_wrap"), _string),
     # Validated by PromptOptions, which knows their accepted values.
     **{key: _as_given for key in PROMPT_OVERRIDE_SETTINGS},
     **FACE_RESTORATION_SETTINGS,

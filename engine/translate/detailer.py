@@ -3,12 +3,14 @@
 from engine import samplers
 from engine.control.units import detailer_controlnet
 from engine.detailer.args import ADetailerArgs
-from engine.errors import UnsupportedError
 from engine.networks import lora_requests
 from engine.plan import DetailerPlan, SamplerSpec
 from engine.prompts.parser import extract_extra_networks
 from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, multiple_of_8, sampler_options
 from engine.translate.faces import face_restoration_plan
+
+
+SAME_VAE = ("None", "Use same VAE")  # ADetailer keeps the generation's VAE for these
 
 
 def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options):
@@ -28,10 +30,6 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 field=adetailer.field(position, "ad_sampler"),
             )
             unit_sampler = SamplerSpec(choice, sampler_options(request, choice, options))
-        if unit.ad_use_vae and unit.ad_vae not in (None, "", "None", "Use same VAE"):
-            raise UnsupportedError(
-                adetailer.field(position, "ad_vae"), "external VAE files are not supported yet"
-            )
         # The unit's passes activate the `<lora:…>` tags of ad_prompt: a wrong tag fails before any work.
         lora_requests(extract_extra_networks(unit.ad_prompt)[1], adetailer.field(position, "ad_prompt"))
         checkpoint = None
@@ -58,6 +56,8 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 noise_multiplier=unit.ad_noise_multiplier if unit.ad_use_noise_multiplier else 1.0,
                 clip_skip=unit.ad_clip_skip if unit.ad_use_clip_skip else None,
                 checkpoint=checkpoint,
+                # ADetailer's `get_override_settings`: sd_vae = ad_vae, except "None" / "Use same VAE".
+                vae=unit.ad_vae if unit.ad_use_vae and unit.ad_vae not in (None, "", *SAME_VAE) else None,
                 # ADetailer's inner img2img gets restore_faces=ad_restore_face and A1111's options.
                 face_restoration=face_restoration_plan(unit.ad_restore_face, options),
                 controlnet=detailer_controlnet(unit, adetailer.field(position, "ad_controlnet_model")),

@@ -11,6 +11,7 @@ from engine.networks import lora_requests
 from engine.plan import GenerationPlan, SamplerSpec
 from engine.prompts.options import prompt_options_from
 from engine.prompts.styles import StyleDatabase
+from engine.prompts.wildcards import wildcard_folder
 from engine.settings import Settings
 from engine.translate.alwayson import apply_builtin_scripts
 from engine.translate.common import (
@@ -27,6 +28,7 @@ from engine.translate.common import (
 )
 from engine.translate.detailer import detailer_plans
 from engine.translate.faces import face_restoration_plan
+from engine.translate.prompt_scripts import apply_prompt_scripts
 from engine.translate.refiner import refiner_plan
 from engine.translate.styles import apply_request_styles
 from engine.wire.txt2img import GenerationRequest
@@ -38,6 +40,8 @@ def plan_generation(
     defaults: dict[str, Any] | None = None,
     batch_size: int | None = None,
     img2img: bool = False,
+    prompt_infotext: tuple[tuple[str, Any], ...] = (),
+    seeds: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> tuple[GenerationPlan, dict[str, Any]]:
     """The plan without txt2img's hires fix or img2img's init images, and the effective A1111 options.
 
@@ -47,6 +51,8 @@ def plan_generation(
         defaults: the worker's current options (A1111 `opts`), overridden by `override_settings`.
         batch_size: overrides the request's (img2img with several init images: one per image, as A1111).
         img2img: ControlNet units may leave out their image (they take the init image).
+        prompt_infotext: infotext keys of the prompt scripts (`RewrittenPrompts.infotext`).
+        seeds: (seeds, subseeds) per image when a prompt script set them; None: A1111's seed + i.
     """
     reject_unsupported(request)
     options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
@@ -77,7 +83,7 @@ def plan_generation(
         prompts_as_written=written,
         extra_networks_enabled=not request.disable_extra_networks,
         negative_prompts=negative_prompts,
-        noise=noise_spec(request, count, options),
+        noise=noise_spec(request, count, options, seeds),
         batch_size=batch_size,
         n_iter=n_iter,
         width=width,
@@ -97,19 +103,36 @@ def plan_generation(
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
-        infotext_extra=(*adetailer.infotext_params().items(), *infotext_params(control_units).items()),
+        infotext_extra=(
+            *adetailer.infotext_params().items(), *prompt_infotext, *infotext_params(control_units).items()
+        ),
         warnings=(*request_warnings(request), *refiner_notes),
     )
     return plan, options
 
 
-def prepare_request(request: GenerationRequest, styles: StyleDatabase | None):
+def prepare_request(
+    request: GenerationRequest,
+    styles: StyleDatabase | None,
+    settings: Settings | None = None,
+    defaults: dict[str, Any] | None = None,
+):
     """What A1111 does to a request before it plans the passes: its built-in always-on scripts set their fields
-    (`Seed`, `Sampler`, `Refiner`…), then the styles are merged into the prompts (`setup_prompts`).
+    (`Seed`, `Sampler`, `Refiner`…), the styles are merged into the prompts (`setup_prompts`), then the
+    prompt scripts (Dynamic Prompts, Simple wildcards) make each image's prompt.
 
     Returns:
-        (the rewritten request, warnings, a VAE tiling asked for by `Tiled VAE` or None).
+        (the rewritten request, warnings, a VAE tiling asked for by `Tiled VAE` or None, the prompt scripts'
+        `RewrittenPrompts`).
     """
+    settings = settings or Settings()
     request, script_warnings, vae_tiling = apply_builtin_scripts(request, is_img2img(request))
     request, style_warnings = apply_request_styles(request, styles)
-    return request, script_warnings + style_warnings, vae_tiling
+    options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
+    rewritten = apply_prompt_scripts(
+        request,
+        wildcard_folder(settings.models_dir, settings.wildcards_dir),
+        options,
+        settings.max_batch_images,
+    )
+    return rewritten.request, script_warnings + style_warnings, vae_tiling, rewritten

@@ -25,7 +25,7 @@ def to_img2img_plan(
     styles: StyleDatabase | None = None,
 ) -> GenerationPlan:
     """Validate an img2img request and translate it: init images, mask, strength, inpainting options."""
-    request, rewrite_warnings, vae_tiling = prepare_request(request, styles)
+    request, rewrite_warnings, vae_tiling, prompts = prepare_request(request, styles, settings, defaults)
     if not request.init_images:
         raise RequestError("init_images", "is required: a list of base64-encoded images")
     images = tuple(decode_image(text, f"init_images[{i}]")[0] for i, text in enumerate(request.init_images))
@@ -36,7 +36,8 @@ def to_img2img_plan(
             "init_images", f"holds {len(images)} images; at most batch_size ({requested_batch})"
         )
     plan, options = plan_generation(
-        request, settings, defaults, batch_size=len(images) if len(images) > 1 else None, img2img=True
+        request, settings, defaults, batch_size=len(images) if len(images) > 1 else None, img2img=True,
+        prompt_infotext=prompts.infotext, seeds=prompts.seeds,
     )
     strength = request.denoising_strength
     if strength is None or not 0 <= strength <= 1:

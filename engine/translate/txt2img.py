@@ -19,8 +19,10 @@ def to_plan(
 ) -> GenerationPlan:
     """Validate a txt2img request against the worker's limits and translate it (see `plan_generation`);
     `styles` are the prompt styles the request's `styles` names refer to."""
-    request, rewrite_warnings, vae_tiling = prepare_request(request, styles)
-    plan, options = plan_generation(request, settings, defaults)
+    request, rewrite_warnings, vae_tiling, prompts = prepare_request(request, styles, settings, defaults)
+    plan, options = plan_generation(
+        request, settings, defaults, prompt_infotext=prompts.infotext, seeds=prompts.seeds
+    )
     plan = replace(plan, warnings=plan.warnings + tuple(rewrite_warnings), vae_tiling=vae_tiling)
     if not request.enable_hr:
         return plan
