@@ -26,15 +26,16 @@ ARCFACE_SIZE = 112
 ONNX_OPSET, ONNX_IR_VERSION = 13, 8
 
 
-def write_tiny_antelopev2(models_dir: Path, seed: int = 0, folder: Path = ANTELOPE_FOLDER) -> list[Path]:
-    """The detector and recogniser of an antelopev2 pack, shaped so insightface routes them to SCRFD and
-    ArcFace (9 outputs; a square 112-pixel input)."""
+def write_tiny_antelopev2(models_dir: Path, seed: int = 0, folder: Path = ANTELOPE_FOLDER,
+                          files: tuple[str, str] = (DETECTOR_FILE, RECOGNISER_FILE)) -> list[Path]:
+    """The detector and recogniser of an antelopev2 pack (or, with `folder` and `files`, another pack's),
+    shaped so insightface routes them to SCRFD and ArcFace (9 outputs; a square 112-pixel input)."""
     import onnx
 
     folder = Path(models_dir) / folder
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in ((DETECTOR_FILE, _tiny_detector()), (RECOGNISER_FILE, _tiny_recogniser(seed))):
+    for name, model in zip(files, (_tiny_detector(), _tiny_recogniser(seed)), strict=True):
         onnx.checker.check_model(model)
         onnx.save(model, folder / name)
         written.append(folder / name)
