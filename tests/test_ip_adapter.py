@@ -285,3 +285,33 @@ def test_ip_adapter_auto_picks_the_module_by_model_name(model, module):
     assert auto_module(model) == module
     (parsed,) = parse_controlnet_args({"controlnet": {"args": [unit("ip-adapter-auto", model)]}})
     assert parsed.module.name == module and parsed.module_name == "ip-adapter-auto"
+
+
+@torch.no_grad()
+def test_each_unit_has_its_scale_window_and_passes(demo_models, control_models):
+    """Per UNet call each adapter's scale is its unit's weight inside its guidance window and 0 outside it or
+    in a pass its `hr_option` leaves out (sd-webui-controlnet `PlugableIPAdapter.patch_forward`)."""
+    from engine.control.residuals import RowLayout
+    from engine.demo.tiny import tiny_components
+
+    unet = tiny_components("sd15", seed=0)["unet"]
+    sent = [unit("ip-adapter_clip_sd15", "ip-adapter_sd15", weight=0.8, guidance_start=0.5),
+            unit("ip-adapter_face_id", "ip-adapter-faceid_sd15", weight=0.3, hr_option="Low res only")]
+    request = prepare_control(parse_controlnet_args({"controlnet": {"args": sent}}), ModelCatalog(demo_models),
+                              control_models, (SIZE, SIZE))
+    rows = RowLayout.cond_then_uncond([0], 1)
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    with request.applied(unet):
+        scales = {}
+        for hires in (False, True):
+            stack = request.stack_for_pass(unet, SIZE, SIZE, steps=4, hires=hires)
+            for call in (0, 4):  # sampling fractions 0 and 3/4
+                inputs = stack.unet_inputs(x, torch.tensor(500.0), call, context, None, rows)
+                scales[hires, call] = stack.ip_adapter.adapter.processors[0].scale
+                embeds = inputs["added_cond_kwargs"]["image_embeds"]
+                unet(x, 500, encoder_hidden_states=context, added_cond_kwargs={"image_embeds": embeds})
+        assert [e.shape for e in embeds] == [(2, 1, 16), (2, 1, 512)]
+        assert embeds[0][1].abs().max() == 0 and embeds[1][1].abs().max() == 0  # the uncond row: zeros
+        torch.testing.assert_close(embeds[0][0], request.image_prompts[0].cond)
+    assert scales == {(False, 0): [0.0, 0.3], (False, 4): [0.8, 0.3], (True, 0): [0.0, 0.0], (True, 4): [0.8, 0.0]}
+    assert unet.encoder_hid_proj is None
