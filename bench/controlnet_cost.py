@@ -208,7 +208,7 @@ def ip_adapter_types(size: int) -> dict[str, tuple[str, list[dict]]]:
         "ip-adapter_face_id_plus → faceid-plusv2_sd15": ("tiny-sd15", [face_id_plus]),
         "ip-adapter_clip_sdxl_plus_vith → plus_sdxl_vit-h": ("tiny-sdxl", [
             {"module": "ip-adapter_clip_sdxl_plus_vith", "model": "ip-adapter-plus_sdxl_vit-h", "image": image}]),
-        "4 IP-Adapter units at once (SD1.5)": ("tiny-sd15", [plain, plus_face, face_id, face_id_plus]),
+        "4 ip-adapter units at once (SD1.5)": ("tiny-sd15", [plain, plus_face, face_id, face_id_plus]),
     }
 
 
