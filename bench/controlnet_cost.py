@@ -134,8 +134,9 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "  # noqa: T201
               f"load {load[0]:.1f} (shared with other agents), torch threads {args.threads}")
         print(f"Euler, {args.steps} steps, CFG 5, {args.size}×{args.size}, median of {args.runs} runs")  # noqa: T201
-        print(f"{'unit type':48} {'first ms':>9} {'warm ms':>8} {'forwards':>9} {'sd-webui-controlnet':>20} "  # noqa: T201
-              f"{'ratio':>6}")
+        if any(args.only in name for name in [*unit_types(args.size), "ADetailer"]):
+            print(f"{'unit type':48} {'first ms':>9} {'warm ms':>8} {'forwards':>9} "  # noqa: T201
+                  f"{'sd-webui-controlnet':>20} {'ratio':>6}")
         for name, (checkpoint, unit) in unit_types(args.size).items():
             if args.only in name:
                 run_unit(worker, name, checkpoint, unit, args, made, timings)

@@ -315,3 +315,24 @@ def test_each_unit_has_its_scale_window_and_passes(demo_models, control_models):
         torch.testing.assert_close(embeds[0][0], request.image_prompts[0].cond)
     assert scales == {(False, 0): [0.0, 0.3], (False, 4): [0.8, 0.3], (True, 0): [0.0, 0.0], (True, 4): [0.8, 0.0]}
     assert unet.encoder_hid_proj is None
+
+
+def test_img2img_unit_without_image_takes_the_init_image(sd15_engine):
+    init = b64(photo(SIZE))
+    body = {**payload([]), "init_images": [init], "denoising_strength": 0.6}
+    plain = pixels(sd15_engine.img2img(body))
+    without_image = {"module": "ip-adapter_face_id_plus", "model": "ip-adapter-faceid-plusv2_sd15"}
+    implied = pixels(sd15_engine.img2img({**body, "alwayson_scripts": {"controlnet": {"args": [without_image]}}}))
+    explicit = pixels(sd15_engine.img2img({**body, "alwayson_scripts": {"controlnet": {"args": [
+        {**without_image, "image": init}]}}}))
+    assert np.abs(implied - plain).max() > 0
+    np.testing.assert_array_equal(implied, explicit)
+
+
+@pytest.mark.parametrize(("module", "error"), [("ip-adapter_clip_sd15", UnsupportedError),
+                                               ("ip-adapter_pulid", UnsupportedError)])
+def test_detect_and_pulid_are_refused_with_one_line(demo_models, module, error):
+    from engine.control.api import detect
+
+    with pytest.raises(error, match="controlnet_module"):
+        detect(ModelCatalog(demo_models), {"controlnet_module": module, "controlnet_input_images": [b64(photo())]})
