@@ -174,29 +174,31 @@ def test_clip_features_match_diffusers_encode_image(demo_models, control_models,
     torch.testing.assert_close(prompt.uncond, uncond, rtol=1e-4, atol=1e-5)
 
 
-FAMILIES = [("ip-adapter_clip_sd15", "ip-adapter_sd15"), ("ip-adapter_clip_h", "ip-adapter-plus-face_sd15"),
-            ("ip-adapter_face_id", "ip-adapter-faceid_sd15"),
-            ("ip-adapter_face_id_plus", "ip-adapter-faceid-plusv2_sd15")]
+FAMILIES = [("sd15", "ip-adapter_clip_sd15", "ip-adapter_sd15"),
+            ("sd15", "ip-adapter_clip_h", "ip-adapter-plus-face_sd15"),
+            ("sd15", "ip-adapter_face_id", "ip-adapter-faceid_sd15"),
+            ("sd15", "ip-adapter_face_id_plus", "ip-adapter-faceid-plusv2_sd15"),
+            ("sdxl", "ip-adapter_clip_sdxl_plus_vith", "ip-adapter-plus_sdxl_vit-h"),
+            ("sdxl", "ip-adapter_clip_sdxl", "ip-adapter_sdxl")]
 
 
-@pytest.mark.parametrize(("module", "model"), FAMILIES)
-def test_images_match_diffusers_load_ip_adapter(demo_models, control_models, module, model):
-    """Our loop with the unit against `StableDiffusionPipeline.load_ip_adapter` on the same file, components,
-    scheduler and noise, fed the same image inputs (diffusers' documented FaceID / FaceID Plus recipe)."""
-    from diffusers import StableDiffusionPipeline
-
+@pytest.mark.parametrize(("family", "module", "model"), FAMILIES)
+def test_images_match_diffusers_load_ip_adapter(demo_models, control_models, family, module, model):
+    """Our loop with the unit against diffusers' pipeline after `load_ip_adapter` of the same file, on the same
+    components, scheduler and noise, fed the same image inputs (diffusers' documented FaceID / FaceID Plus
+    recipe)."""
     from engine.demo.tiny import tiny_components
     from engine.generate import Models, generate
     from engine.pipeline import A1111Pipeline
     from engine.settings import Settings
     from engine.translate import to_plan
     from engine.wire.txt2img import Txt2ImgRequest
-    from tests.test_pipeline_parity import REFERENCE_SCHEDULERS
+    from tests.test_pipeline_parity import PIPELINES, REFERENCE_SCHEDULERS
 
     weight, sampler, steps = 0.7, "DPM++ 2M Karras", 4
     sent = [{"module": module, "model": model, "weight": weight, "image": b64(photo())}]
     body = {**payload(sent, steps=steps), "sampler_name": sampler, "cfg_scale": 5}
-    components = tiny_components("sd15", seed=0)
+    components = tiny_components(family, seed=0)
     ours = A1111Pipeline(**{k: components.get(k) for k in A1111Pipeline._get_signature_keys(A1111Pipeline)[0]})
     control = prepare_control(parse_controlnet_args(body["alwayson_scripts"]), ModelCatalog(demo_models),
                               control_models, (SIZE, SIZE))
@@ -205,8 +207,8 @@ def test_images_match_diffusers_load_ip_adapter(demo_models, control_models, mod
     assert ours.unet.encoder_hid_proj is None
 
     (prompt,) = control.image_prompts
-    reference = StableDiffusionPipeline(**tiny_components("sd15", seed=0), safety_checker=None,
-                                        feature_extractor=None, requires_safety_checker=False)
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    reference = PIPELINES[family](**tiny_components(family, seed=0), **(extra if family == "sd15" else {}))
     reference.scheduler = REFERENCE_SCHEDULERS[sampler](reference.scheduler.config, SEED)
     weights = read_ip_adapter(ModelCatalog(demo_models).find_controlnet(model, "model").entry.path)
     reference.load_ip_adapter(weights, subfolder="", weight_name="", image_encoder_folder=None)
