@@ -338,3 +338,13 @@ def test_detect_and_pulid_are_refused_with_one_line(demo_models, module, error):
 
     with pytest.raises(error, match="controlnet_module"):
         detect(ModelCatalog(demo_models), {"controlnet_module": module, "controlnet_input_images": [b64(photo())]})
+
+
+def test_instantid_module_needs_the_instantid_adapter(demo_models, control_models):
+    from tests.test_instantid_e2e import seed_002
+
+    instant_id = seed_002(64, 64)["input"]["payload"]["alwayson_scripts"]["controlnet"]["args"]
+    wrong = [{**instant_id[0], "model": "ip-adapter-plus_sdxl_vit-h"}, instant_id[1]]
+    units = parse_controlnet_args({"controlnet": {"args": wrong}})
+    with pytest.raises(RequestError, match="is a plus IP-Adapter; use it with module 'ip-adapter_clip_sd15'"):
+        prepare_control(units, ModelCatalog(demo_models), control_models, (SIZE, SIZE))

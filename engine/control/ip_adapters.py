@@ -32,6 +32,7 @@ MODULES_OF_FAMILY = {PLAIN: CLIP_MODULES, PLUS: CLIP_MODULES, FULL_FACE: CLIP_MO
                      FACE_ID: ("ip-adapter_face_id",), FACE_ID_PLUS: ("ip-adapter_face_id_plus",),
                      INSTANT_ID: ("instant_id_face_embedding",)}
 AUTO_MODULE = "ip-adapter-auto"
+FACE_EMBEDDING_WIDTH = 512  # insightface's ArcFace vector
 # Families whose projection reads CLIP's penultimate hidden states rather than its projected embedding.
 READS_HIDDEN_STATES = (PLUS, FULL_FACE, FACE_ID_PLUS)
 
@@ -49,7 +50,7 @@ class AdapterFile:
 
 def describe_adapter(weights: Weights, file_name: str) -> AdapterFile:
     """The family of `{"image_proj", "ip_adapter"}` weights; `file_name` tells InstantID and FaceID Plus v2
-    (sd-webui-controlnet: "instant_id" / "v2" in the name)."""
+    (sd-webui-controlnet: "instant_id" / "v2" in the name; a Resampler reading 512 numbers is InstantID's too)."""
     proj = weights["image_proj"]
     cross = int(weights["ip_adapter"]["1.to_k_ip.weight"].shape[1])
     name = file_name.lower()
@@ -57,8 +58,12 @@ def describe_adapter(weights: Weights, file_name: str) -> AdapterFile:
         return AdapterFile(FACE_ID_PLUS, cross, int(proj["perceiver_resampler.proj_in.weight"].shape[1]),
                            shortcut="v2" in name)
     if "latents" in proj:
+        # A Resampler reading 512 numbers is InstantID's whatever its name (InstantX calls it ip-adapter.bin):
+        # no CLIP tower is 512 wide.
         width = int(proj["proj_in.weight"].shape[1])
-        return AdapterFile(INSTANT_ID, cross, None) if "instant_id" in name else AdapterFile(PLUS, cross, width)
+        if "instant_id" in name or width == FACE_EMBEDDING_WIDTH:
+            return AdapterFile(INSTANT_ID, cross, None)
+        return AdapterFile(PLUS, cross, width)
     if "proj.3.weight" in proj:
         return AdapterFile(FULL_FACE, cross, int(proj["proj.0.weight"].shape[1]))
     if "proj.weight" in proj:

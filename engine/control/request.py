@@ -17,7 +17,7 @@ from engine.control.effects import noised_start
 from engine.control.image_prompts import ImagePrompt, instant_id_prompt, prepare_image_prompt
 from engine.control.instantid import FaceTokens
 from engine.control.ip_adapter_install import InstalledAdapter, ip_adapter_installed
-from engine.control.ip_adapters import check_unet_fits
+from engine.control.ip_adapters import check_module_fits, check_unet_fits, describe_adapter
 from engine.control.maps.registry import MapTools, detect_map
 from engine.control.models import ADAPTER, UNION, ControlModels, model_kind
 from engine.control.modules import UNION_TYPES
@@ -234,8 +234,11 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
         resolution = (pixel_perfect_resolution(unit.image.size, size, unit.resize_mode)
                       if unit.pixel_perfect else unit.processor_res)
         if unit.is_face_embedding:
+            weights = models.ip_adapter(entry.path)
+            check_module_fits(describe_adapter(weights, entry.path.name), unit.module.name, None,
+                              unit.field("model"), unit.model)
             face = faces(image, int(resolution), unit.field("image")).face
-            face_unit = FaceUnit(unit, models.ip_adapter(entry.path), torch.from_numpy(face.embedding.copy()))
+            face_unit = FaceUnit(unit, weights, torch.from_numpy(face.embedding.copy()))
             continue
         tools = MapTools(functools.partial(models.annotator, field=unit.field("module")), faces,
                          seed=seed & 0xFFFFFFFF, field=unit.field("image"))

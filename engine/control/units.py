@@ -376,7 +376,8 @@ def _check_instant_id(units: list[ControlUnit]) -> None:
     must be there (in any order here; sd-webui-controlnet wants it right before)."""
     embeddings = [unit for unit in units if unit.is_face_embedding]
     if len(embeddings) > 1:
-        raise UnsupportedError(embeddings[1].field("module"), "only one face-embedding (IP-Adapter) unit per request")
+        raise UnsupportedError(embeddings[1].field("module"), "only one face-embedding (InstantID) unit per request; "
+                               "other IP-Adapter units may be added")
     needing = next((unit for unit in units if unit.is_instant_id_controlnet), None)
     if needing is not None and not embeddings:
         raise RequestError(needing.field("model"), "an InstantID ControlNet needs an 'instant_id_face_embedding' "
