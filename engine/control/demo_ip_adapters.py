@@ -1,5 +1,6 @@
-"""Tiny random-weight IP-Adapters in h94's single-file formats for the tiny checkpoints, and a tiny buffalo_l
-face pack (FaceID). The CLIP vision encoders they read are annotators (`engine.control.maps.demo`).
+"""Tiny random-weight IP-Adapters in h94's single-file formats for the tiny checkpoints. The CLIP vision
+encoders they read are annotators (`engine.control.maps.demo`); FaceID's buffalo_l pack is ReActor's demo one
+(`engine.faceswap.demo`).
 
 The files keep the real key layout (`image_proj.*` + `ip_adapter.{n}.to_k_ip.weight`, n = 1, 3, 5… over the
 UNet's cross-attentions), at tiny widths: the CLIP widths of the tiny encoders (projection 16 for clip_h, 24
@@ -18,7 +19,6 @@ from engine.control.demo import (
     _save_safetensors,
 )
 from engine.control.maps.demo import TINY_CLIP_PROJECTION
-from engine.control.tiny_faces import write_tiny_antelopev2
 from engine.demo.tiny import tiny_components
 
 
@@ -26,8 +26,6 @@ CLIP_HIDDEN = 32  # the tiny encoders' width (`engine.control.maps.demo._clip_vi
 FACE_EMBEDDING = 512  # insightface's ArcFace vector
 PLAIN_TOKENS = 4
 FACE_ID_HIDDEN = 1024  # FaceID's `proj.0`: 512 → 2 × 512, as in the real files
-BUFFALO_FOLDER = Path("insightface") / "models" / "buffalo_l"
-BUFFALO_FILES = ("det_10g.onnx", "w600k_r50.onnx")
 
 # file → (checkpoint family, adapter family, CLIP width the projection reads). sd15 files are safetensors
 # (h94 publishes both formats), FaceID files pickles, as h94/IP-Adapter-FaceID publishes them.
@@ -44,7 +42,7 @@ TINY_ADAPTERS = {
 
 
 def write_tiny_ip_adapters(models_dir: Path, seed: int = 0) -> list[Path]:
-    """Every file of `TINY_ADAPTERS` under `<models>/ControlNet/`, and the tiny buffalo_l pack."""
+    """Every file of `TINY_ADAPTERS` under `<models>/ControlNet/`."""
     folder = Path(models_dir) / CONTROLNET_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     unets = {family: tiny_components(family, seed)["unet"] for family in ("sd15", "sdxl")}
@@ -62,7 +60,6 @@ def write_tiny_ip_adapters(models_dir: Path, seed: int = 0) -> list[Path]:
         else:
             torch.save(weights, path)
         written.append(path)
-    written += write_tiny_antelopev2(models_dir, seed + 3, folder=BUFFALO_FOLDER, files=BUFFALO_FILES)
     return written
 
 

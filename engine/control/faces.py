@@ -23,10 +23,9 @@ PACKS_FOLDER = Path("insightface") / "models"
 PACK_FOLDER = PACKS_FOLDER / PACK_NAME
 # What each pack's detector and recogniser files are called (for the error message).
 PACK_FILES = {PACK_NAME: "scrfd_10g_bnkps.onnx, glintr100.onnx", FACE_ID_PACK: "det_10g.onnx, w600k_r50.onnx"}
-# How to get each pack. buffalo_l is insightface's default pack: its release zip, unpacked into the folder.
+# The download_models.py group that fetches each pack.
 PACK_SOURCE = {PACK_NAME: "run download_models.py --only instantid",
-               FACE_ID_PACK: "unpack insightface's buffalo_l.zip (github.com/deepinsight/insightface/releases, "
-                             "model-zoo) there"}
+               FACE_ID_PACK: "run download_models.py --only ip-adapter-faceid"}
 NEEDED_TASKS = ("detection", "recognition")
 DETECTION_SIZE = (640, 640)  # InstantID and sd-webui-controlnet: `prepare(det_size=(640, 640))`
 # onnxruntime's CUDA provider on a GPU (CPU for what it cannot run), the CPU provider otherwise.
