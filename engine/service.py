@@ -116,6 +116,7 @@ class Engine:
             self.precision.device,
             self.precision.dtype,
             catalog=self.catalog,
+            prepare=settings.speedups.prepare_denoiser,
         )
         self._generation_lock = threading.Lock()
 
@@ -342,6 +343,11 @@ class Engine:
             lambda: load_pipeline(entry.path, self.settings.config_roots, self.precision),
         )
         pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
+        speedups = self.settings.speedups
+        speedups.prepare_denoiser(pipeline.unet)
+        if speedups.sdxl_vae_fp16_fix and pipeline.is_sdxl:
+            fixed = self.vaes.fp16_fixed(entry, self.precision)
+            pipeline = pipeline.with_vae(fixed) if fixed is not None else pipeline
         logger.info(
             "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device
         )

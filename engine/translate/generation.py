@@ -85,7 +85,8 @@ def plan_generation(
         num_inference_steps=steps,
         guidance_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         sampler=sampler,
-        prompt_options=prompt_options_from(options),
+        # The worker's PAD_COND_UNCOND is the default of A1111's option; override_settings still wins.
+        prompt_options=prompt_options_from({"pad_cond_uncond": settings.speedups.pad_cond_uncond, **options}),
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
