@@ -46,6 +46,10 @@ ANTELOPE_REPO = "DIAMONIK7777/antelopev2"
 ANTELOPE_REVISION = "ba0c3e10f4548361eb9a63265d87ce1140ab5a05"
 ANTELOPE_DIR = "insightface/models/antelopev2"
 INSTANTID_REPO = "InstantX/InstantID"
+# IP-Adapter (Apache-2.0) and its FaceID models (non-commercial: trained on insightface's embeddings), saved
+# under the names sd-webui-controlnet's presets know them by (ip-adapter-auto picks the module by name).
+IP_ADAPTER_REPO = "h94/IP-Adapter"
+IP_ADAPTER_FACEID_REPO = "h94/IP-Adapter-FaceID"
 # RealESRGAN_x4plus.pth from xinntao's GitHub release v0.1.0, mirrored on the Hub.
 UPSCALER_REPO = "lllyasviel/Annotators"
 # Face restoration: the release files A1111 v1.10 downloads on first use (`codeformer_model.py`,
@@ -184,7 +188,7 @@ MANIFEST: tuple[Item, ...] = (
     Item("inswapper_128", "insightface", REACTOR_REPO, "models/inswapper_128.onnx", "insightface/inswapper_128.onnx",
          default=False, groups=("reactor",), repo_type="dataset"),
     Item("buffalo_l", "insightface", "deepinsight/insightface", "buffalo_l.zip", "insightface/models/buffalo_l",
-         default=False, groups=("reactor",), url=BUFFALO_L_URL, unpack=BUFFALO_L_FILES),
+         default=False, groups=("reactor", "ip-adapter-faceid"), url=BUFFALO_L_URL, unpack=BUFFALO_L_FILES),
     # The face detector and parser both restorers need.
     _release_item("facexlib-detection", "xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth",
                   "GFPGAN/detection_Resnet50_Final.pth", 109_497_761,
@@ -212,6 +216,7 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "dwpose": ("openpose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
     "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
+    "clip_h": ("clip_vision", ("clip_h.pth",)), "clip_g": ("clip_vision", ("clip_g.pth",)),
 }
 # Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
 # sd-webui-controlnet downloads them from.
@@ -223,6 +228,15 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "dw-ll_ucoco_384.onnx": ("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", None),
     ANIMAL_POSE_FILE: ("bdsqlsz/qinglong_controlnet-lllite", f"Annotators/{ANIMAL_POSE_FILE}", None),
     "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
+    # IP-Adapter's own image encoder (OpenCLIP ViT-H/14), which sd-webui-controlnet saves as clip_h.pth.
+    "clip_h.pth": ("h94/IP-Adapter", "models/image_encoder/pytorch_model.bin", None),
+}
+
+
+# Annotator files other groups need too: the IP-Adapter modules' CLIP vision encoders.
+ANNOTATOR_EXTRA_GROUPS: dict[str, tuple[str, ...]] = {
+    "clip_h.pth": ("ip-adapter", "ip-adapter-sd15", "ip-adapter-sdxl", "ip-adapter-faceid"),
+    "clip_g.pth": ("ip-adapter", "ip-adapter-sdxl"),
 }
 
 
@@ -236,7 +250,8 @@ def _annotator_items() -> tuple[Item, ...]:
     for (folder, file), names in groups.items():
         repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
         items.append(Item(f"annotator-{folder}/{file}", "annotator", repo_id, path,
-                          f"ControlNetAnnotators/{folder}/{file}", default=False, groups=("annotators", *names),
+                          f"ControlNetAnnotators/{folder}/{file}", default=False,
+                          groups=("annotators", *names, *ANNOTATOR_EXTRA_GROUPS.get(file, ())),
                           repo_type=repo_type))
     return tuple(items)
 
@@ -263,7 +278,24 @@ CONTROLNETS = (
     Item("controlnet-union-sdxl-config", "config", "xinsir/controlnet-union-sdxl-1.0", "config_promax.json",
          "configs/controlnet-union-sdxl/config.json", default=False, groups=("controlnet-union", "configs")),
 )
-MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS)
+IP_ADAPTERS = (
+    *(Item(name, "ip-adapter", IP_ADAPTER_REPO, f"{folder}/{name}.safetensors", f"ControlNet/{name}.safetensors",
+           default=False, groups=("ip-adapter", f"ip-adapter-{family}"))
+      for folder, family, name in (
+          ("models", "sd15", "ip-adapter_sd15"), ("models", "sd15", "ip-adapter-plus_sd15"),
+          ("models", "sd15", "ip-adapter-plus-face_sd15"), ("models", "sd15", "ip-adapter-full-face_sd15"),
+          ("sdxl_models", "sdxl", "ip-adapter_sdxl_vit-h"), ("sdxl_models", "sdxl", "ip-adapter-plus_sdxl_vit-h"),
+          ("sdxl_models", "sdxl", "ip-adapter-plus-face_sdxl_vit-h"), ("sdxl_models", "sdxl", "ip-adapter_sdxl"))),
+    # FaceID needs its LoRA in the prompt, as sd-webui-controlnet's presets say (`<lora:ip-adapter-faceid…>`).
+    *(Item(name, kind, IP_ADAPTER_FACEID_REPO, f"{name}{suffix}", f"{folder}/{name}{suffix}", default=False,
+           groups=("ip-adapter-faceid",))
+      for name, kind, suffix, folder in (
+          ("ip-adapter-faceid_sd15", "ip-adapter", ".bin", "ControlNet"),
+          ("ip-adapter-faceid_sd15_lora", "lora", ".safetensors", "Lora"),
+          ("ip-adapter-faceid-plusv2_sd15", "ip-adapter", ".bin", "ControlNet"),
+          ("ip-adapter-faceid-plusv2_sd15_lora", "lora", ".safetensors", "Lora"))),
+)
+MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS, *IP_ADAPTERS)
 
 Fetch = Callable[[Item, Path], Path]
 # Selectors that are not item or group names.

@@ -11,7 +11,11 @@ shows the median preprocess time (resolving, loading on the first run only, draw
 - a ControlNet (also union, InstantID's IdentityNet) runs once per UNet evaluation whose sampling fraction lies in
   the unit's guidance window (`hook.py`: `sampling_step / total_sampling_steps`, the step of the last callback);
 - a T2I-Adapter's features depend only on the hint: `PlugableAdapter` computes them once and reuses them;
-- ADetailer's ControlNet runs inside each inpaint pass (here one mask, int(0.4 · steps) + 1 steps).
+- ADetailer's ControlNet runs inside each inpaint pass (here one mask, int(0.4 · steps) + 1 steps);
+- an IP-Adapter unit runs no extra model per UNet evaluation (its image attention is inside the UNet's own
+  cross-attention): its image encoder (CLIP, or insightface for FaceID) runs once per request, and the UNet
+  evaluations stay those of the same request without the unit. Those rows show the CLIP forwards and the UNet
+  evaluations with and without the units.
 """
 
 import argparse
@@ -130,13 +134,21 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "  # noqa: T201
               f"load {load[0]:.1f} (shared with other agents), torch threads {args.threads}")
         print(f"Euler, {args.steps} steps, CFG 5, {args.size}×{args.size}, median of {args.runs} runs")  # noqa: T201
-        print(f"{'unit type':48} {'first ms':>9} {'warm ms':>8} {'forwards':>9} {'sd-webui-controlnet':>20} "  # noqa: T201
-              f"{'ratio':>6}")
+        if any(args.only in name for name in [*unit_types(args.size), "ADetailer"]):
+            print(f"{'unit type':48} {'first ms':>9} {'warm ms':>8} {'forwards':>9} "  # noqa: T201
+                  f"{'sd-webui-controlnet':>20} {'ratio':>6}")
         for name, (checkpoint, unit) in unit_types(args.size).items():
             if args.only in name:
                 run_unit(worker, name, checkpoint, unit, args, made, timings)
         if args.only in "ADetailer":
             run_adetailer(worker, args, made, timings)
+        ip_units = ip_adapter_types(args.size)
+        if any(args.only in name for name in ip_units):
+            print(f"{'IP-Adapter units':48} {'first ms':>9} {'warm ms':>8} {'CLIP fwd':>9} "  # noqa: T201
+                  f"{'UNet evals':>11} {'without':>8} {'sd-webui-controlnet':>20}")
+            for name, (checkpoint, units) in ip_units.items():
+                if args.only in name:
+                    run_ip_adapter(worker, name, checkpoint, units, args, timings)
 
 
 def _payload(checkpoint: str, units: list, args) -> dict:
@@ -178,6 +190,64 @@ def run_adetailer(worker, args, made, timings) -> None:
     expected = sd_webui_count({}, inner_steps, False)
     print(f"{'ADetailer inpaint → inpaint ControlNet':48} {times[0]:9.0f} {statistics.median(times[1:] or times):8.0f} "  # noqa: T201
           f"{counts[-1]:9d} {expected:20d} {counts[-1] / expected:6.2f}")
+
+
+def ip_adapter_types(size: int) -> dict[str, tuple[str, list[dict]]]:
+    """name → (checkpoint, units). The demo face detector takes a white block for a face."""
+    face = np.zeros((size * 2, size * 2, 3), np.uint8)
+    face[16:32, 16:32] = 255
+    image = _b64(Image.fromarray(face))
+    plain = {"module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15", "image": image}
+    plus_face = {"module": "ip-adapter_clip_sd15", "model": "ip-adapter-plus-face_sd15", "image": image}
+    face_id = {"module": "ip-adapter_face_id", "model": "ip-adapter-faceid_sd15", "image": image}
+    face_id_plus = {"module": "ip-adapter_face_id_plus", "model": "ip-adapter-faceid-plusv2_sd15", "image": image}
+    return {
+        "ip-adapter_clip_sd15 → ip-adapter_sd15": ("tiny-sd15", [plain]),
+        "ip-adapter_clip_sd15 → plus-face, window 0.2–0.7": ("tiny-sd15", [{**plus_face, "guidance_start": 0.2,
+                                                                             "guidance_end": 0.7}]),
+        "ip-adapter_face_id → faceid_sd15": ("tiny-sd15", [face_id]),
+        "ip-adapter_face_id_plus → faceid-plusv2_sd15": ("tiny-sd15", [face_id_plus]),
+        "ip-adapter_clip_sdxl_plus_vith → plus_sdxl_vit-h": ("tiny-sdxl", [
+            {"module": "ip-adapter_clip_sdxl_plus_vith", "model": "ip-adapter-plus_sdxl_vit-h", "image": image}]),
+        "4 ip-adapter units at once (SD1.5)": ("tiny-sd15", [plain, plus_face, face_id, face_id_plus]),
+    }
+
+
+def run_ip_adapter(worker, name, checkpoint, units, args, timings) -> None:
+    """CLIP forwards (the encoder's calls, the zero image's once per loaded encoder included) and UNet
+    evaluations (forwards of the checkpoint's UNet) per request, with the units and without them."""
+    from engine.control.clip_vision import ClipVisionEncoder
+
+    clip_calls = []
+    encode = ClipVisionEncoder.encode_pixels
+
+    def counted(self, pixel_values):
+        clip_calls[-1] += 1
+        return encode(self, pixel_values)
+
+    ClipVisionEncoder.encode_pixels = counted
+    try:
+        pipe = worker._pipelines.get(worker.catalog.find_checkpoint(checkpoint))
+        evaluations = []
+        hook = pipe.unet.register_forward_hook(lambda module, inputs, output: evaluations.__setitem__(-1, evaluations[-1] + 1))
+        try:
+            evaluations.append(0)
+            worker.txt2img({**_payload(checkpoint, [], args), "alwayson_scripts": {}})
+            without = evaluations[-1]
+            times = []
+            for _ in range(args.runs):
+                clip_calls.append(0)
+                evaluations.append(0)
+                worker.txt2img(_payload(checkpoint, units, args))
+                times.append(timings[-1] * 1000)
+        finally:
+            hook.remove()
+    finally:
+        ClipVisionEncoder.encode_pixels = encode
+    clip_units = sum(unit["module"] != "ip-adapter_face_id" for unit in units)
+    expected = f"{clip_units} CLIP, {without} evals"
+    print(f"{name:48} {times[0]:9.0f} {statistics.median(times[1:] or times):8.0f} {clip_calls[-1]:9d} "  # noqa: T201
+          f"{evaluations[-1]:11d} {without:8d} {expected:>20}")
 
 
 if __name__ == "__main__":

@@ -204,8 +204,9 @@ def test_module_lookup_accepts_forge_names_and_any_case():
 
 def test_module_list_shape():
     body = module_list(None, {})
-    # sd-webui-controlnet's order: "none", then priority 100 by label descending, then the rest.
-    assert body["module_list"][:4] == ["none", "tile_resample", "pidinet", "pidinet_scribble"]  # by label
+    # sd-webui-controlnet's order: "none", ip-adapter-auto (priority 1000), then priority 100 by label
+    # descending, then the rest.
+    assert body["module_list"][:5] == ["none", "ip-adapter-auto", "tile_resample", "pidinet", "pidinet_scribble"]
     assert body["module_list"].index("canny") < body["module_list"].index("invert")
     canny = body["module_detail"]["canny"]
     assert canny["model_free"] is False

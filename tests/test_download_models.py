@@ -355,7 +355,7 @@ def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
 
 
 def test_release_files_come_from_a1111s_urls():
-    urls = {item.name: item.url for item in dm.MANIFEST if item.url and item.groups != ("reactor",)}
+    urls = {item.name: item.url for item in dm.MANIFEST if item.url and "reactor" not in item.groups}
     assert urls == {
         "codeformer-v0.1.0": "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
         "GFPGANv1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",

@@ -18,7 +18,7 @@ from engine.control.demo import (
     controlnet_to_ldm,
     write_tiny_control_models,
 )
-from engine.control.instantid import ip_adapter_installed
+from engine.control.ip_adapter_install import ip_adapter_installed
 from engine.control.models import ControlModels, find_controlnet_config, read_ip_adapter
 from engine.control.request import prepare_control
 from engine.control.residuals import RowLayout

@@ -1,1 +1,1 @@
-"""ControlNet units and InstantID, as A1111's sd-webui-controlnet (and Forge) apply them, on diffusers models."""
+"""ControlNet units, InstantID and IP-Adapter units, as A1111's sd-webui-controlnet (and Forge) apply them, on diffusers models."""

@@ -12,9 +12,9 @@ from PIL import Image
 
 from engine.control.inputs import to_rgb
 from engine.control.maps.registry import MapTools, detect_map
-from engine.control.modules import FACE_EMBEDDING, MASK_REQUIRED, find_module, sorted_modules
+from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MASK_REQUIRED, find_module, sorted_modules
 from engine.control.preprocess import FaceFinder, to_rgb_array
-from engine.errors import RequestError
+from engine.errors import RequestError, UnsupportedError
 from engine.imaging.decode import decode_image
 from engine.imaging.png import png_base64
 
@@ -52,6 +52,9 @@ def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
         models: the engine's `ControlModels`, whose face analyser and annotators are reused.
     """
     module = find_module(payload.get("controlnet_module", "none"), "controlnet_module")
+    if module.output == IMAGE_PROMPT:
+        raise UnsupportedError("controlnet_module", f"{module.name!r} feeds an IP-Adapter during generation; "
+                                                    "/controlnet/detect does not run the IP-Adapter modules")
     images = payload.get("controlnet_input_images") or []
     if not isinstance(images, list) or not images:
         raise RequestError("controlnet_input_images", "no image given: a list of base64 images is required")

@@ -110,17 +110,20 @@ def _controlnet_from(unet):
     return controlnet.eval()
 
 
-def _resampler_weights(output_dim: int) -> dict[str, torch.Tensor]:
-    """InstantID's `Resampler` state dict (IP-Adapter Plus layout) at a tiny width, random values."""
-    dim, ff = RESAMPLER["dim"], RESAMPLER["dim"] * RESAMPLER["ff_mult"]
-    shapes = {"latents": (1, RESAMPLER["queries"], dim), "proj_in.weight": (dim, RESAMPLER["embedding"]),
+def _resampler_weights(output_dim: int, embedding: int = RESAMPLER["embedding"], dim: int = RESAMPLER["dim"],
+                       inner: int | None = None) -> dict[str, torch.Tensor]:
+    """IP-Adapter Plus's `Resampler` state dict (InstantID's too) at a tiny width, random values: `embedding`
+    input features, `dim` wide, attention `inner` wide (heads × 64; default `dim`)."""
+    inner = inner or dim
+    ff = dim * RESAMPLER["ff_mult"]
+    shapes = {"latents": (1, RESAMPLER["queries"], dim), "proj_in.weight": (dim, embedding),
               "proj_in.bias": (dim,), "proj_out.weight": (output_dim, dim), "proj_out.bias": (output_dim,),
               "norm_out.weight": (output_dim,), "norm_out.bias": (output_dim,)}
     for layer in range(RESAMPLER["depth"]):
         attention, feed_forward = f"layers.{layer}.0", f"layers.{layer}.1"
         shapes |= {f"{attention}.{norm}.{part}": (dim,) for norm in ("norm1", "norm2") for part in ("weight", "bias")}
-        shapes |= {f"{attention}.to_q.weight": (dim, dim), f"{attention}.to_kv.weight": (2 * dim, dim),
-                   f"{attention}.to_out.weight": (dim, dim), f"{feed_forward}.0.weight": (dim,),
+        shapes |= {f"{attention}.to_q.weight": (inner, dim), f"{attention}.to_kv.weight": (2 * inner, dim),
+                   f"{attention}.to_out.weight": (dim, inner), f"{feed_forward}.0.weight": (dim,),
                    f"{feed_forward}.0.bias": (dim,), f"{feed_forward}.1.weight": (ff, dim),
                    f"{feed_forward}.3.weight": (dim, ff)}
     # LayerNorm gains (the 1-d weights) near 1, everything else near 0.

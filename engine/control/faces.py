@@ -1,6 +1,7 @@
-"""Face analysis for InstantID: insightface's `FaceAnalysis` on the antelopev2 pack from the models folder.
+"""Face analysis for InstantID and the FaceID IP-Adapters: insightface's `FaceAnalysis` on a model pack from
+the models folder: antelopev2 for InstantID, buffalo_l for FaceID (as sd-webui-controlnet picks them).
 
-Only the detector (SCRFD: box + 5 keypoints) and the recogniser (glintr100 ArcFace: the 512-d identity) run.
+Only the detector (SCRFD: box + 5 keypoints) and the recogniser (ArcFace: the 512-d identity) run.
 Nothing is downloaded: insightface fetches a pack only when given a name that is not a folder, and we always
 give it the folder.
 """
@@ -17,10 +18,14 @@ from engine.errors import NotFoundError, RequestError
 logger = logging.getLogger(__name__)
 
 PACK_NAME = "antelopev2"
-PACK_FOLDER = Path("insightface") / "models" / PACK_NAME
-# insightface's own antelopev2.zip holds a top-level antelopev2/ folder, so unpacking it where insightface
-# expects the files leaves them one level too deep (insightface issues #1525, #2702): accept both.
-PACK_CANDIDATES = (PACK_FOLDER, PACK_FOLDER / PACK_NAME)
+FACE_ID_PACK = "buffalo_l"  # sd-webui-controlnet's `g_insight_face_model` (FaceID, FaceID Plus)
+PACKS_FOLDER = Path("insightface") / "models"
+PACK_FOLDER = PACKS_FOLDER / PACK_NAME
+# What each pack's detector and recogniser files are called (for the error message).
+PACK_FILES = {PACK_NAME: "scrfd_10g_bnkps.onnx, glintr100.onnx", FACE_ID_PACK: "det_10g.onnx, w600k_r50.onnx"}
+# The download_models.py group that fetches each pack.
+PACK_SOURCE = {PACK_NAME: "run download_models.py --only instantid",
+               FACE_ID_PACK: "run download_models.py --only ip-adapter-faceid"}
 NEEDED_TASKS = ("detection", "recognition")
 DETECTION_SIZE = (640, 640)  # InstantID and sd-webui-controlnet: `prepare(det_size=(640, 640))`
 # onnxruntime's CUDA provider on a GPU (CPU for what it cannot run), the CPU provider otherwise.
@@ -30,12 +35,18 @@ PROVIDERS = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"], "cpu": [
 @dataclass(frozen=True)
 class DetectedFace:
     """One face: box (x1, y1, x2, y2) and keypoints (5, 2) in the analysed image's pixels, SCRFD's score, and
-    the raw ArcFace embedding (512,), not normalised (InstantID's Resampler was trained on the raw vector)."""
+    the raw ArcFace embedding (512,), not normalised (InstantID's Resampler was trained on the raw vector;
+    FaceID's on `normed_embedding`)."""
 
     bbox: np.ndarray
     keypoints: np.ndarray
     score: float
     embedding: np.ndarray
+
+    @property
+    def normed_embedding(self) -> np.ndarray:
+        """insightface `Face.normed_embedding`: the embedding over its L2 norm."""
+        return self.embedding / np.linalg.norm(self.embedding)
 
     @property
     def area(self) -> float:
@@ -44,18 +55,26 @@ class DetectedFace:
 
 
 def find_antelopev2(models_root: Path) -> Path:
-    """The folder holding the antelopev2 ONNX files under `models_root` (flat or nested one level).
+    """The folder holding the antelopev2 ONNX files under `models_root` (flat or nested one level)."""
+    return find_face_pack(models_root, PACK_NAME)
+
+
+def find_face_pack(models_root: Path, name: str) -> Path:
+    """The folder holding pack `name`'s ONNX files under `models_root/insightface/models`. insightface's own
+    zips hold a top-level folder of the pack's name, so unpacking one where insightface expects the files
+    leaves them one level too deep (insightface issues #1525, #2702): both are accepted.
 
     Raises:
         NotFoundError: neither folder holds ONNX files.
     """
-    for relative in PACK_CANDIDATES:
+    candidates = (PACKS_FOLDER / name, PACKS_FOLDER / name / name)
+    for relative in candidates:
         folder = Path(models_root) / relative
         if folder.is_dir() and any(folder.glob("*.onnx")):
             return folder
-    searched = ", ".join(str(Path(models_root) / relative) for relative in PACK_CANDIDATES)
-    raise NotFoundError("insightface", f"no {PACK_NAME} face models (scrfd_10g_bnkps.onnx, glintr100.onnx) in "
-                                       f"{searched}; run download_models.py --only instantid")
+    searched = ", ".join(str(Path(models_root) / relative) for relative in candidates)
+    raise NotFoundError("insightface", f"no {name} face models ({PACK_FILES[name]}) in {searched}; "
+                                       f"{PACK_SOURCE[name]}")
 
 
 class FaceAnalyser:
@@ -70,7 +89,7 @@ class FaceAnalyser:
         missing = [task for task in NEEDED_TASKS if task not in self._app.models]
         if missing:
             raise NotFoundError("insightface", f"{self.pack} has no {' or '.join(missing)} model "
-                                               "(InstantID needs scrfd_10g_bnkps.onnx and glintr100.onnx)")
+                                               "(a face detector and a recogniser are needed)")
         # ctx_id < 0 makes insightface drop to the CPU provider.
         self._app.prepare(ctx_id=0 if device_type == "cuda" else -1, det_size=DETECTION_SIZE)
         logger.info("face analysis: %s with %s", self.pack, providers[0])
@@ -91,7 +110,7 @@ class FaceAnalyser:
         """
         faces = self.faces(rgb)
         if not faces:
-            raise RequestError(field, "no face found in the image (InstantID needs a clearly visible face)")
+            raise RequestError(field, "no face found in the image (InstantID and FaceID need a clearly visible face)")
         if len(faces) > 1:
             logger.info("%d faces found; using the largest", len(faces))
         return max(faces, key=lambda face: face.area)

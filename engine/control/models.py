@@ -1,4 +1,4 @@
-"""Loading ControlNets, InstantID's IP-Adapter weights and the face analyser from the models folder, offline,
+"""Loading ControlNets, IP-Adapter weights and the face analysers from the models folder, offline,
 each file once (kept in small LRU caches the engine owns)."""
 
 import json
@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.control.faces import FaceAnalyser, find_antelopev2
+from engine.control.faces import PACK_NAME, FaceAnalyser, find_face_pack
 from engine.control.maps.annotators import AnnotatorStore
 from engine.errors import NotFoundError, UnsupportedError
 from engine.resources.cache import ResidentCache
@@ -61,8 +61,9 @@ class ControlModels:
         # Applied to each loaded ControlNet (the worker's opt-in speed-ups: channels-last, compilation).
         self.prepare = prepare
         self._controlnets = ResidentCache(self._checked(self._load_controlnet), capacity)
-        self._ip_adapters = ResidentCache(self._checked(self._load_ip_adapter), 1)
-        self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 1)
+        # A request may hold several IP-Adapter units (and InstantID's with a FaceID one: two face packs).
+        self._ip_adapters = ResidentCache(self._checked(self._load_ip_adapter), 4)
+        self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 2)
         self._annotators = AnnotatorStore(self.models_root, self.device)
 
     def annotator(self, name: str, field: str = "module"):
@@ -77,8 +78,9 @@ class ControlModels:
         """An IP-Adapter state dict {"image_proj": ..., "ip_adapter": ...} on the device, in the dtype."""
         return self._ip_adapters.get(Path(path))
 
-    def face_analyser(self) -> FaceAnalyser:
-        return self._face_analysers.get(find_antelopev2(self.models_root))
+    def face_analyser(self, pack: str = PACK_NAME) -> FaceAnalyser:
+        """insightface on pack `pack` (antelopev2: InstantID; buffalo_l: FaceID)."""
+        return self._face_analysers.get(find_face_pack(self.models_root, pack))
 
     def resident(self) -> list[Path]:
         """The ControlNet and IP-Adapter files loaded now."""
@@ -136,19 +138,20 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
 
 
 def read_ip_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """InstantID's `ip-adapter.bin` ({"image_proj": Resampler, "ip_adapter": to_k_ip/to_v_ip per cross-attention})
-    or the same flattened into a safetensors file ("image_proj.latents", ...), as diffusers' loader reads them.
+    """An IP-Adapter in the single-file format sd-webui-controlnet and diffusers' loader read: a pickle
+    {"image_proj": {...}, "ip_adapter": {"1.to_k_ip.weight", ...}} (h94's `.bin`, InstantID's `ip-adapter.bin`)
+    or the same flattened into a safetensors file ("image_proj.proj.weight", "ip_adapter.1.to_k_ip.weight"…).
 
     Raises:
-        UnsupportedError: another IP-Adapter family (only the Resampler layout InstantID uses is supported).
+        UnsupportedError: the file is not an IP-Adapter.
     """
     loaded = read_state_dict(path)
     if not all(part in loaded for part in IP_ADAPTER_PARTS):
         loaded = {part: {key.removeprefix(f"{part}."): tensor for key, tensor in loaded.items()
                          if key.startswith(f"{part}.")} for part in IP_ADAPTER_PARTS}
-    if not loaded["ip_adapter"] or "latents" not in loaded["image_proj"]:
-        raise UnsupportedError("controlnet.model", f"{path.name} is not an InstantID IP-Adapter (no Resampler "
-                                                   "'image_proj.latents'); only InstantID's is supported")
+    if "1.to_k_ip.weight" not in loaded["ip_adapter"] or not loaded["image_proj"]:
+        raise UnsupportedError("controlnet.model", f"{path.name} is not an IP-Adapter (no 'image_proj' and "
+                                                   "'ip_adapter.1.to_k_ip.weight' weights)")
     return loaded
 
 
@@ -164,7 +167,8 @@ def find_controlnet_config(path: Path, config_roots: Sequence[Path], class_name:
     found = _weight_shapes(path)
     if any(key.split(".", 1)[0] in IP_ADAPTER_PARTS for key in found):
         raise UnsupportedError("controlnet.model", f"{path.name} is an IP-Adapter, not a ControlNet; use it with "
-                                                   "the 'instant_id_face_embedding' module")
+                                                   "an IP-Adapter module (ip-adapter_clip_sd15, ip-adapter_face_id, "
+                                                   "instant_id_face_embedding…)")
     tried = []
     for folder in _controlnet_config_folders(config_roots, class_name):
         config = json.loads((folder / "config.json").read_text())

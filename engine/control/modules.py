@@ -14,7 +14,8 @@ from engine.errors import NotFoundError, UnsupportedError, choices
 
 
 MAP = "map"  # the module draws an image the ControlNet is conditioned on
-FACE_EMBEDDING = "face_embedding"  # the module yields an identity vector for an IP-Adapter
+FACE_EMBEDDING = "face_embedding"  # the module yields InstantID's identity vector for its IP-Adapter
+IMAGE_PROMPT = "image_prompt"  # the module feeds an IP-Adapter (CLIP image features, FaceID's embedding)
 
 # Mask handling (`Preprocessor.accepts_mask` / `requires_mask`): "inpaint" modules read an RGBA input whose
 # alpha is the mask (white = repaint).
@@ -79,6 +80,10 @@ class ModuleSpec:
     # is more important" scales whatever the unit's control mode (thin lines otherwise give artefacts).
     soft_in_hires: bool = False
     post: str | None = None  # a step after the UNet or the decode (inpaint_only, tile_colorfix, recolor)
+    # IP-Adapter modules: the CLIP vision encoder (annotator "clip_h" / "clip_g") and the insightface pack
+    # (FaceID) they run; `ip-adapter-auto` has neither and takes them from the model's name.
+    image_encoder: str | None = None
+    face_pack: str | None = None
 
     @property
     def title(self) -> str:
@@ -182,6 +187,17 @@ _ROWS = (
     ModuleSpec("anime_face_segment", label="seg_anime_face", tags=("Segmentation",),
                annotator="anime_face_segment"),
     ModuleSpec("instant_id_face_keypoints", tags=("Instant-ID",)),
+    # IP-Adapter (`preprocessor_compiled.py`, `ip_adapter_auto.py`): no map, the unit conditions the UNet's
+    # cross-attention through the adapter (`engine.control.image_prompts`).
+    ModuleSpec("ip-adapter-auto", IMAGE_PROMPT, tags=("IP-Adapter",), priority=1000),
+    ModuleSpec("ip-adapter_clip_sd15", IMAGE_PROMPT, label="ip-adapter_clip_h", tags=("IP-Adapter",), priority=100,
+               image_encoder="clip_h"),
+    ModuleSpec("ip-adapter_clip_sdxl", IMAGE_PROMPT, label="ip-adapter_clip_g", tags=("IP-Adapter",),
+               image_encoder="clip_g"),
+    ModuleSpec("ip-adapter_clip_sdxl_plus_vith", IMAGE_PROMPT, tags=("IP-Adapter",), image_encoder="clip_h"),
+    ModuleSpec("ip-adapter_face_id", IMAGE_PROMPT, tags=("IP-Adapter",), face_pack="buffalo_l"),
+    ModuleSpec("ip-adapter_face_id_plus", IMAGE_PROMPT, tags=("IP-Adapter",), image_encoder="clip_h",
+               face_pack="buffalo_l"),
     # "InsightFace (InstantID)" is Forge's name for the same preprocessor (`forge_ipadapter.py`).
     ModuleSpec("instant_id_face_embedding", FACE_EMBEDDING, aliases=("InsightFace (InstantID)",),
                tags=("Instant-ID",)),
@@ -200,6 +216,7 @@ NOT_SUPPORTED: dict[str, str] = {
                     "this preprocessor"),
     **dict.fromkeys(("reference_only", "reference_adain", "reference_adain+attn"), "reference-only attention"),
     **dict.fromkeys(("revision_clipvision", "revision_ignore_prompt"), "ReVision"),
+    "ip-adapter_pulid": "PuLID",
 }
 
 

@@ -1,5 +1,6 @@
-"""A request's ControlNet/InstantID units made ready once: models resolved and loaded, maps drawn, the face
-embedded. Then the IP-Adapter is installed around the generation and each denoising pass gets its stack."""
+"""A request's ControlNet, InstantID and IP-Adapter units made ready once: models resolved and loaded, maps
+drawn, faces and images embedded. Then the IP-Adapters are installed around the generation and each denoising
+pass gets its stack."""
 
 import functools
 import logging
@@ -13,12 +14,22 @@ from PIL import Image
 
 from engine.control import hints
 from engine.control.effects import noised_start
-from engine.control.instantid import FaceTokens, InstalledAdapter, ip_adapter_installed
+from engine.control.image_prompts import ImagePrompt, instant_id_prompt, prepare_image_prompt
+from engine.control.instantid import FaceTokens
+from engine.control.ip_adapter_install import InstalledAdapter, ip_adapter_installed
+from engine.control.ip_adapters import check_module_fits, check_unet_fits, describe_adapter
 from engine.control.maps.registry import MapTools, detect_map
 from engine.control.models import ADAPTER, UNION, ControlModels, model_kind
 from engine.control.modules import UNION_TYPES
 from engine.control.preprocess import FaceFinder, fit_map, pixel_perfect_resolution
-from engine.control.residuals import AdapterPass, ControlNetPass, ControlStack, GuidanceClock, IpAdapterPass
+from engine.control.residuals import (
+    AdapterPass,
+    ControlNetPass,
+    ControlStack,
+    GuidanceClock,
+    ImagePromptPass,
+    IpAdapterPass,
+)
 from engine.control.units import BALANCED, CONTROL_MORE_IMPORTANT, RESIZE_AND_FILL, ControlUnit
 from engine.errors import RequestError
 from engine.sampling.model_schedule import alphas_cumprod_from_config
@@ -47,9 +58,11 @@ class ControlRequest:
     """Prepared units of one request. Use `applied(unet)` around the passes and `stack_for_pass` per pass."""
 
     def __init__(self, map_units: Sequence[MapUnit], face_unit: FaceUnit | None,
-                 detected_maps: list[Image.Image], notes: list[str], seed: int = 0):
+                 detected_maps: list[Image.Image], notes: list[str], seed: int = 0,
+                 image_prompts: Sequence[ImagePrompt] = ()):
         self.map_units = tuple(map_units)
         self.face_unit = face_unit
+        self.image_prompts = tuple(image_prompts)  # the IP-Adapter units besides InstantID's
         self.detected_maps = detected_maps  # appended to the response's images after the results
         self.notes = notes  # e.g. a model found by name whose hash differs from the requested one
         self.seed = seed  # draws the VAE posterior samples of control images (inpaint_only, colorfix, lama)
@@ -57,17 +70,30 @@ class ControlRequest:
         self._adapters: dict[int, InstalledAdapter] = {}  # by id() of the UNet, while `applied`
         self._tokens: FaceTokens | None = None
 
+    @property
+    def adapters(self) -> tuple[ImagePrompt, ...]:
+        """Every IP-Adapter of the request in installation order: InstantID's first, then the units'."""
+        if self.face_unit is None:
+            return self.image_prompts
+        face = self.face_unit
+        return (instant_id_prompt(face.unit, face.weights, face.embedding), *self.image_prompts)
+
     @contextmanager
     def applied(self, *unets) -> Iterator[None]:
-        """Install the IP-Adapter (if a face unit is present) into each distinct UNet the passes use (hires fix
-        may run another checkpoint); removed on exit, whatever happens, the UNets' weights untouched."""
-        if self.face_unit is None:
+        """Install the IP-Adapters (InstantID's and the IP-Adapter units') into each distinct UNet the passes
+        use (hires fix may run another checkpoint); removed on exit, whatever happens, the UNets' weights
+        untouched."""
+        prompts = self.adapters
+        if not prompts:
             yield
             return
-        unit = self.face_unit.unit
         with ExitStack() as installed:
             for unet in {id(unet): unet for unet in unets}.values():
-                adapter = installed.enter_context(ip_adapter_installed(unet, self.face_unit.weights, unit.weight))
+                for prompt in prompts:
+                    check_unet_fits(prompt.adapter, prompt.weights, unet, prompt.unit.field("model"),
+                                    prompt.unit.model)
+                adapter = installed.enter_context(
+                    ip_adapter_installed(unet, [prompt.weights for prompt in prompts], prompts[0].unit.weight))
                 self._adapters[id(unet)] = adapter
             try:
                 yield
@@ -88,7 +114,7 @@ class ControlRequest:
                 scheduler config gives ᾱ(t) for their blends.
         """
         adapter = self._adapters.get(id(unet))
-        if self.face_unit is not None and adapter is None:
+        if (self.face_unit is not None or self.image_prompts) and adapter is None:
             raise RuntimeError("stack_for_pass needs the IP-Adapter in this UNet: call it inside applied(unet)")
         active = [item for item in self.map_units if item.unit.runs_in(hires)]
         controlnets, adapters, blends = [], [], []
@@ -101,10 +127,8 @@ class ControlRequest:
             if item.unit.module.post in ("inpaint_only", "colorfix"):
                 blends.append(self._blend(item, fitted, pipe, hires))
         ip_adapter = None
-        if self.face_unit is not None:
-            unit = self.face_unit.unit
-            ip_adapter = IpAdapterPass(adapter, self.face_unit.embedding, unit.weight,
-                                       unit.guidance_start, unit.guidance_end, runs=unit.runs_in(hires))
+        if adapter is not None:
+            ip_adapter = IpAdapterPass(adapter, tuple(_prompt_pass(prompt, hires) for prompt in self.adapters))
         alphas = alphas_cumprod_from_config(dict(pipe.scheduler.config)) if blends else None
         clock = GuidanceClock(steps, 2 if second_order else 1)
         return ControlStack(controlnets, ip_adapter, clock, adapters, blends, alphas)
@@ -180,7 +204,7 @@ class ControlRequest:
         same weights in every UNet it is installed in)."""
         if self._tokens is None:
             adapter = next(iter(self._adapters.values()))
-            self._tokens = adapter.face_tokens(self.face_unit.embedding)
+            self._tokens = adapter.face_tokens(self.face_unit.embedding, index=0)  # InstantID's is installed first
         return self._tokens
 
 
@@ -196,10 +220,13 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
     """
     notes: list[str] = []
     faces = FaceFinder(models.face_analyser)
-    map_units, face_unit, maps = [], None, []
+    map_units, face_unit, maps, prompts = [], None, [], []
     for unit in units:
         entry = _resolve_model(unit, catalog, notes)
         image = hints.unit_input(unit.image, unit.mask)
+        if unit.is_image_prompt:
+            prompts.append(prepare_image_prompt(unit, entry.path, models, image))
+            continue
         if unit.module.name == "inpaint_only+lama" and unit.resize_mode == RESIZE_AND_FILL:
             # "inpaint_only+lama is special and required outpaint fix": the input is first fitted to the final
             # size with its border masked, so that LaMa fills the border too.
@@ -207,8 +234,11 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
         resolution = (pixel_perfect_resolution(unit.image.size, size, unit.resize_mode)
                       if unit.pixel_perfect else unit.processor_res)
         if unit.is_face_embedding:
+            weights = models.ip_adapter(entry.path)
+            check_module_fits(describe_adapter(weights, entry.path.name), unit.module.name, None,
+                              unit.field("model"), unit.model)
             face = faces(image, int(resolution), unit.field("image")).face
-            face_unit = FaceUnit(unit, models.ip_adapter(entry.path), torch.from_numpy(face.embedding.copy()))
+            face_unit = FaceUnit(unit, weights, torch.from_numpy(face.embedding.copy()))
             continue
         tools = MapTools(functools.partial(models.annotator, field=unit.field("module")), faces,
                          seed=seed & 0xFFFFFFFF, field=unit.field("image"))
@@ -217,7 +247,14 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
         if unit.save_detected_map:
             # sd-webui-controlnet stores the hires map first, then the first pass's.
             maps += [hints.display_map(fit_map(detected, unit.resize_mode, *s)) for s in (hires_size, size) if s]
-    return ControlRequest(map_units, face_unit, maps, notes, seed)
+    return ControlRequest(map_units, face_unit, maps, notes, seed, prompts)
+
+
+def _prompt_pass(prompt: ImagePrompt, hires: bool) -> ImagePromptPass:
+    unit = prompt.unit
+    return ImagePromptPass(prompt.cond, prompt.uncond, unit.weight, unit.guidance_start, unit.guidance_end,
+                           runs=unit.runs_in(hires), clip_cond=prompt.clip_cond, clip_uncond=prompt.clip_uncond,
+                           shortcut=prompt.adapter.shortcut)
 
 
 def _soft(unit: ControlUnit, hires: bool) -> bool:

@@ -1,5 +1,5 @@
 """One denoising pass's control stack: at each UNet call, the summed ControlNet residuals (guidance windows,
-weights, control-mode scales) and the IP-Adapter image embeddings, for whatever rows the call batches.
+weights, control-mode scales) and the IP-Adapters' image inputs and scales, for whatever rows the call batches.
 
 The scales and windows are sd-webui-controlnet's (`hook.py`): residual i of a unit is multiplied by its weight,
 and in the soft modes by 0.825^(12 − i) (SDXL's 9 down residuals + mid take the first 10 factors, SD1.5's 12 + mid
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.control.instantid import EMBEDDING_SIZE, FaceTokens, InstalledAdapter
+from engine.control.instantid import FaceTokens
+from engine.control.ip_adapter_install import InstalledAdapter
 from engine.sampling.transfer import to_device
 
 
@@ -163,25 +164,53 @@ def _spread(outputs: list[torch.Tensor], scales, index: torch.Tensor, rows: int)
 
 
 @dataclass(frozen=True)
-class IpAdapterPass:
-    """The IP-Adapter unit in one pass: the face embedding for the cond rows (zeros for the uncond rows),
-    its weight inside the guidance window, 0 outside it or when the unit sits this pass out."""
+class ImagePromptPass:
+    """One IP-Adapter unit in one pass: what its projection reads for the cond rows and for the uncond rows,
+    and its weight inside the guidance window (0 outside it, or when the unit sits this pass out)."""
 
-    adapter: InstalledAdapter
-    embedding: torch.Tensor  # (512,) raw ArcFace vector
+    cond: torch.Tensor  # (1, *input)
+    uncond: torch.Tensor
     weight: float
     start: float
     end: float
     runs: bool = True  # False when `hr_option` keeps the unit out of this pass
+    clip_cond: torch.Tensor | None = None  # FaceID Plus: CLIP hidden states its projection reads beside
+    clip_uncond: torch.Tensor | None = None
+    shortcut: bool = False  # FaceID Plus v2
 
     def scale_at(self, fraction: float) -> float:
         return self.weight if self.runs and self.start <= fraction <= self.end else 0.0
 
-    def image_embeds(self, rows: RowLayout, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
-        """diffusers' `added_cond_kwargs["image_embeds"]`: one (rows, 1 image, 1 token, 512) tensor."""
-        face = self.embedding.reshape(1, EMBEDDING_SIZE).to(device, dtype)
-        per_row = torch.cat([face if cond else torch.zeros_like(face) for cond in rows.cond])
-        return [per_row[:, None, None, :]]
+    def image_embeds(self, rows: RowLayout, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """diffusers' per-adapter `image_embeds`: (rows, 1 image, *input)."""
+        return _per_row(self.cond, self.uncond, rows, device, dtype)[:, None]
+
+
+def _per_row(cond: torch.Tensor, uncond: torch.Tensor, rows: RowLayout, device, dtype) -> torch.Tensor:
+    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+    return torch.cat([cond if is_cond else uncond for is_cond in rows.cond])
+
+
+@dataclass(frozen=True)
+class IpAdapterPass:
+    """The request's IP-Adapters (InstantID's first, then the IP-Adapter units in order) installed in this
+    pass's UNet."""
+
+    adapter: InstalledAdapter
+    prompts: tuple[ImagePromptPass, ...]
+
+    def image_embeds(self, fraction: float, rows: RowLayout, device: torch.device,
+                     dtype: torch.dtype) -> list[torch.Tensor]:
+        """Set each adapter's scale for this call and return `added_cond_kwargs["image_embeds"]`. FaceID
+        Plus's projection reads its CLIP input from an attribute (diffusers' `clip_embeds`, set per call to
+        match the rows; the projection belongs to this request and leaves with it)."""
+        self.adapter.set_scales([prompt.scale_at(fraction) for prompt in self.prompts])
+        for index, prompt in enumerate(self.prompts):
+            if prompt.clip_cond is not None:
+                projection = self.adapter.projection(index)
+                projection.clip_embeds = _per_row(prompt.clip_cond, prompt.clip_uncond, rows, device, dtype)[:, None]
+                projection.shortcut = prompt.shortcut
+        return [prompt.image_embeds(rows, device, dtype) for prompt in self.prompts]
 
 
 class ControlStack:
@@ -215,8 +244,7 @@ class ControlStack:
         fraction = self.clock.fraction(call_index)
         inputs: dict = {"added_cond_kwargs": added}
         if self.ip_adapter is not None:
-            self.ip_adapter.adapter.set_scale(self.ip_adapter.scale_at(fraction))
-            embeds = self.ip_adapter.image_embeds(rows, x.device, x.dtype)
+            embeds = self.ip_adapter.image_embeds(fraction, rows, x.device, x.dtype)
             inputs["added_cond_kwargs"] = {**(added or {}), "image_embeds": embeds}
         total = _summed(controlnet.residuals(x, t, context, added, rows)
                         for controlnet in self.controlnets if controlnet.active(fraction))

@@ -10,7 +10,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.control.inputs import crop_to_mask_region, decode_unit_images, processed_mask, to_rgb
-from engine.control.modules import FACE_EMBEDDING, MODULES, UNION_TYPES, ModuleSpec, find_module
+from engine.control.ip_adapters import AUTO_MODULE, auto_module
+from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MODULES, UNION_TYPES, ModuleSpec, find_module
 from engine.errors import RequestError, UnsupportedError, choices
 from engine.wire.validation import parse_model
 
@@ -131,10 +132,15 @@ class ControlUnit:
         return self.module.output == FACE_EMBEDDING
 
     @property
+    def is_image_prompt(self) -> bool:
+        """An IP-Adapter unit (CLIP or FaceID): it conditions the UNet, not a ControlNet."""
+        return self.module.output == IMAGE_PROMPT
+
+    @property
     def is_instant_id_controlnet(self) -> bool:
         """sd-webui-controlnet types a ControlNet as InstantID by "instant_id" in its file name; the keypoint
         module says the same."""
-        return not self.is_face_embedding and (
+        return not self.is_face_embedding and not self.is_image_prompt and (
             self.module.name == "instant_id_face_keypoints" or "instant_id" in self.model.lower())
 
     def runs_in(self, hires: bool) -> bool:
@@ -223,6 +229,8 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool) -> ControlUni
             raise UnsupportedError(f"{field}.{key}", "is not supported; leave it unset")
     if _no_model(raw.model):
         raise RequestError(f"{field}.model", f"module {module.name!r} needs a model (got {raw.model!r})")
+    if module.name == AUTO_MODULE:
+        module = MODULES[auto_module(str(raw.model))]
     if raw.guidance_start > raw.guidance_end:
         raise RequestError(f"{field}.guidance_start",
                            f"must not exceed guidance_end ({raw.guidance_start} > {raw.guidance_end})")
@@ -233,7 +241,9 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool) -> ControlUni
         raise UnsupportedError(f"{field}.image", "one image per unit (several images for one IP-Adapter, which "
                                                  "sd-webui-controlnet averages, are not supported)")
     image, mask = inputs[0] if inputs else (None, None)
-    if mask is not None and not module.is_inpaint:
+    if mask is not None and module.output == IMAGE_PROMPT:
+        _check_clip_mask(mask, f"{field}.mask")
+    elif mask is not None and not module.is_inpaint:
         _check_scribble_mask(mask, module, f"{field}.mask")
     if image is not None and module.is_inpaint and mask is None:
         mask = Image.new("L", image.size, 0)  # `combine_image_and_mask`: no mask = nothing masked
@@ -285,6 +295,15 @@ def _check_scribble_mask(mask: Image.Image, module: ModuleSpec, field: str) -> N
         return
     raise UnsupportedError(field, f"a mask is used only by inpaint modules; module {module.name!r} would take "
                                   "the mask as a scribble (not supported): send it as the image")
+
+
+def _check_clip_mask(mask: Image.Image, field: str) -> None:
+    """sd-webui-controlnet multiplies an IP-Adapter's CLIP input by the inverted mask (its "CLIP mask"); only
+    an all-black mask, which changes nothing, is accepted here."""
+    if mask.getextrema()[1] <= 5:
+        return
+    raise UnsupportedError(field, "a mask on an IP-Adapter unit (CLIP mask) is not supported; send the image "
+                                  "cut to what the adapter should see")
 
 
 def _named(table: Mapping[Any, str], value: str | int, field: str) -> str:
@@ -347,7 +366,7 @@ def detailer_controlnet(args, model_field: str) -> ControlUnit | None:
                                  "guidance_end": args.ad_controlnet_guidance_end, "pixel_perfect": True},
                       where)
     unit = replace(_resolve(raw, 0, where, img2img=True), where=where)
-    if unit.is_face_embedding:
+    if unit.is_face_embedding or unit.is_image_prompt:
         raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
     return unit
 
@@ -357,7 +376,8 @@ def _check_instant_id(units: list[ControlUnit]) -> None:
     must be there (in any order here; sd-webui-controlnet wants it right before)."""
     embeddings = [unit for unit in units if unit.is_face_embedding]
     if len(embeddings) > 1:
-        raise UnsupportedError(embeddings[1].field("module"), "only one face-embedding (IP-Adapter) unit per request")
+        raise UnsupportedError(embeddings[1].field("module"), "only one face-embedding (InstantID) unit per request; "
+                               "other IP-Adapter units may be added")
     needing = next((unit for unit in units if unit.is_instant_id_controlnet), None)
     if needing is not None and not embeddings:
         raise RequestError(needing.field("model"), "an InstantID ControlNet needs an 'instant_id_face_embedding' "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.control.demo import write_tiny_control_models
 from engine.control.demo_families import write_tiny_control_families
+from engine.control.demo_ip_adapters import write_tiny_ip_adapters
 from engine.control.maps.demo import write_random_annotators
 from engine.demo.lora import write_tiny_lora
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint, write_tiny_vae
@@ -50,6 +51,7 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     write_tiny_face_restorers,
     write_tiny_reactor_models,
     write_tiny_control_families,
+    write_tiny_ip_adapters,
     write_random_annotators,  # the small ones; the large annotators only on request
 )
 

@@ -153,6 +153,12 @@ def _anime_face(folder: Path):
                                                          weights_only=True)))
 
 
+def _clip_vision(folder: Path, name: str):
+    from engine.control.clip_vision import load_clip_vision
+
+    return load_clip_vision(folder, name)
+
+
 def _lama(folder: Path):
     """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
     from spandrel import ModelLoader
@@ -188,6 +194,11 @@ ANNOTATORS: dict[str, Annotator] = {
                              "Apache-2.0 (RTMPose AP-10K, YOLOX)"),
     "anime_face_segment": Annotator("anime_face_segment", (ANIME_FACE,), _anime_face,
                                     "MIT (Anime-Face-Segmentation)"),
+    # The IP-Adapter modules' image encoders (`annotator/downloads/clip_vision`).
+    "clip_h": Annotator("clip_vision", ("clip_h.pth",), lambda folder: _clip_vision(folder, "clip_h"),
+                        "MIT (OpenCLIP ViT-H/14, LAION-2B)"),
+    "clip_g": Annotator("clip_vision", ("clip_g.pth",), lambda folder: _clip_vision(folder, "clip_g"),
+                        "MIT (OpenCLIP ViT-bigG/14, LAION-2B)"),
 }
 
 

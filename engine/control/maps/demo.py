@@ -191,10 +191,29 @@ def _animal_pose() -> dict:
             ANIMAL_POSE: tiny_pose.tiny_pose_model(tiny_pose.animal_layout(), tiny_pose.ANIMAL_INPUT)}
 
 
+# Tiny CLIP vision towers in transformers' key layout (`clip_h.pth` / `clip_g.pth`): the loader reads every
+# size from the weights and takes 16 heads from the family, so width 32 means heads of 2. Their projection
+# widths differ so that an adapter paired with the wrong encoder is caught as with the real ones.
+TINY_CLIP_PROJECTION = {"clip_h": 16, "clip_g": 24}
+
+
+def _clip_vision(name: str) -> dict:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from engine.control.clip_vision import FAMILIES
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=16,
+                              image_size=224, patch_size=14, projection_dim=TINY_CLIP_PROJECTION[name],
+                              hidden_act=FAMILIES[name].activation, layer_norm_eps=1e-5)
+    return {FAMILIES[name].file: CLIPVisionModelWithProjection(config).state_dict()}
+
+
 SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
                                         "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2,
                                         "dwpose": _dwpose, "animal_pose": _animal_pose,
-                                        "anime_face_segment": _anime_face}
+                                        "anime_face_segment": _anime_face,
+                                        "clip_h": functools.partial(_clip_vision, "clip_h"),
+                                        "clip_g": functools.partial(_clip_vision, "clip_g")}
 LARGE: dict[str, Callable[[], dict]] = {"lineart_anime": _lineart_anime, "openpose": _openpose, "midas": _midas,
                                         "normal_bae": _normal_bae, "lama": _lama}
 
