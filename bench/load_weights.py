@@ -6,7 +6,9 @@ Writes full-size SD1.5 and SDXL single files (random fp16 weights at the release
 - read: the file read fully into a 64 MB buffer (`readinto`, unbuffered): every byte crosses into the process;
 - load: `engine.resources.loader.load_pipeline` at fp16 on the CPU (the GPU's dtype; the CPU default is fp32),
   then every weight's bytes copied once into a scratch buffer, as `.to("cuda")` copies them to the device.
-  safetensors maps the file, so without that pass the weights would not even have been read.
+  safetensors maps the file, so without that pass the weights would not even have been read;
+- diffusers: the same with a stock diffusers worker's call, `<Pipeline>.from_single_file(path, config=...,
+  torch_dtype=float16)`, for comparison.
 
 Each child reports wall and CPU seconds, the rise of its peak resident memory (`ru_maxrss`) above the
 imports, and, for the load, how many random-initialisation ops ran on real (non-meta) tensors (counted with a
@@ -47,11 +49,18 @@ def child_read(path: Path) -> dict:
     return {"bytes": total}
 
 
-def child_load(path: Path) -> dict:
+def child_load(path: Path, stock: bool = False) -> dict:
+    import diffusers
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from engine.resources.loader import Precision, load_pipeline
+    from engine.resources.loader import (
+        PIPELINE_CLASS_NAMES,
+        Precision,
+        detect_family,
+        find_config_folder,
+        load_pipeline,
+    )
 
     class RandomInitCounter(TorchDispatchMode):
         def __init__(self):
@@ -66,8 +75,15 @@ def child_load(path: Path) -> dict:
             return func(*args, **(kwargs or {}))
 
     counter = RandomInitCounter()
+    roots = [path.parents[1] / "configs"]
     with counter:
-        pipeline = load_pipeline(path, [path.parents[1] / "configs"], Precision(torch.device("cpu"), torch.float16))
+        if stock:
+            family = detect_family(path)
+            pipeline = getattr(diffusers, PIPELINE_CLASS_NAMES[family]).from_single_file(
+                str(path), config=str(find_config_folder(path, family, roots)), torch_dtype=torch.float16,
+                local_files_only=True)
+        else:
+            pipeline = load_pipeline(path, roots, Precision(torch.device("cpu"), torch.float16))
     loaded = time.perf_counter()
     # Read every weight once, as a copy to the GPU would: the pages of the mapped file come in here.
     largest = max(t.numel() * t.element_size() for m in _models(pipeline) for t in _tensors(m))
@@ -102,7 +118,7 @@ def child(kind: str, path: Path) -> None:
     torch.set_num_threads(1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     wall, cpu = time.perf_counter(), time.process_time()
-    result = (child_read if kind == "read" else child_load)(path)
+    result = child_read(path) if kind == "read" else child_load(path, stock=kind == "diffusers")
     result.update(wall=time.perf_counter() - wall, cpu=time.process_time() - cpu,
                   rise=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, base=before)
     print(json.dumps(result))
@@ -160,7 +176,7 @@ def main() -> None:
 
                 write_full_size_checkpoint(family, f"full-{family}", folder)
             for cold in (False, True):
-                runs = {"read": [], "load": []}
+                runs = {"read": [], "load": [], "diffusers": []}
                 for _ in range(args.repeats):
                     for kind in runs:
                         runs[kind].append(run(kind, path, cold))
@@ -169,8 +185,8 @@ def main() -> None:
         print(f"\nFresh subprocesses, alternated, medians of {args.repeats}; load at fp16 on the CPU, then every "
               "weight copied once.\n")
         print("| checkpoint | page cache | read s (CPU) | load + copy s (CPU) | of which copy s | load ÷ read | "
-              "peak rise ÷ file: read, load | random-init ops | dtypes |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "peak rise ÷ file: read, load | random-init ops | dtypes | stock diffusers + copy s (CPU) ÷ read |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for family, size, cold, runs in rows:
             def median(kind, key, runs=runs):
                 return statistics.median(run[key] for run in runs[kind])
@@ -181,7 +197,9 @@ def main() -> None:
                   f"{median('load', 'wall'):.2f} ({median('load', 'cpu'):.2f}) | {median('load', 'touch_s'):.2f} | "
                   f"**{median('load', 'wall') / median('read', 'wall'):.2f}** | "
                   f"{median('read', 'rise') / size:.2f}, **{median('load', 'rise') / size:.2f}** | "
-                  f"{load['random_init_ops']} | {json.dumps(load['dtypes'])} |")
+                  f"{load['random_init_ops']} | {json.dumps(load['dtypes'])} | "
+                  f"{median('diffusers', 'wall'):.2f} ({median('diffusers', 'cpu'):.2f}) "
+                  f"{median('diffusers', 'wall') / median('read', 'wall'):.2f} |")
         print(f"\nGoals: load ÷ read ≤ {GOAL_TIME}; peak resident rise ÷ file ≤ {GOAL_MEMORY}.")
 
 
