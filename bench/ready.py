@@ -39,6 +39,7 @@ CASES = {
 
 def child(spawned: float, warm: bool, job: dict) -> None:
     """The worker's life up to its first answer; times are seconds since the parent spawned the process."""
+    sys.path.insert(0, str(REPO))
     import handler
 
     imported = time.time()
