@@ -134,10 +134,7 @@ class A1111Pipeline(DiffusionPipeline):
         to uint8 as A1111 does (diffusers rounds)."""
         images = []
         for latent in latents:
-            decoded = self.decode_latents(latent[None])
-            pixels = torch.clamp((decoded[0].float() + 1.0) / 2.0, 0.0, 1.0)
-            array = (255.0 * pixels.permute(1, 2, 0).cpu().numpy()).astype(np.uint8)
-            images.append(Image.fromarray(array))
+            images.append(decoded_to_image(self.decode_latents(latent[None])[0]))
         return images
 
     def encode_images(self, images: list[Image.Image], generator: torch.Generator) -> torch.Tensor:
@@ -200,3 +197,12 @@ def _signed_pixels(images: list[Image.Image]) -> torch.Tensor:
         [torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0) for image in images]
     )
     return pixels.permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def decoded_to_image(decoded: torch.Tensor) -> Image.Image:
+    """A VAE output (3, height, width) in [-1, 1] as A1111's `sd_samplers_common` makes it an image:
+    `(255 * clamp((x + 1) / 2, 0, 1)).astype(uint8)`, truncating. The uint8 conversion runs on the decoder's
+    device, so a quarter of the bytes cross to the host; the fp32 product and truncation are numpy's, so the
+    pixels are the same."""
+    pixels = torch.clamp((decoded.float() + 1.0) / 2.0, 0.0, 1.0)
+    return Image.fromarray(pixels.mul_(255.0).to(torch.uint8).permute(1, 2, 0).cpu().numpy())

@@ -11,7 +11,6 @@ from typing import Any
 from PIL import Image
 
 from engine.control.models import ControlModels
-from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
 from engine.errors import RequestError
 from engine.faceswap.models import FaceSwapModels
@@ -208,6 +207,9 @@ class Engine:
             if any(unit.controlnet is not None for unit in plan.detailers):
                 models = replace(models, make_control=self._detailer_control)
             if plan.control_units:
+                # Imported here: ControlNet's preprocessing stack is not part of a plain request's cold start.
+                from engine.control.request import prepare_control
+
                 # Resolve, load and preprocess the units (face analysis included) before any denoising.
                 hires_size = plan.hires.output_size if plan.hires else None
                 control = prepare_control(
@@ -267,6 +269,8 @@ class Engine:
 
     def _detailer_control(self, units, size, seed: int):
         """ADetailer's ControlNet for one inpaint pass: the same preparation as the request's units."""
+        from engine.control.request import prepare_control
+
         return prepare_control(units, self.catalog, self.control_models, size, seed=seed)
 
     def _run(

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ class Precision:
 def load_pipeline(path: Path, config_roots: Sequence[Path], precision: Precision) -> A1111Pipeline:
     """Load `path` (a `.safetensors` file or a diffusers folder) straight to the device and dtype."""
     import diffusers  # deferred: importing diffusers pipelines costs seconds
+    from transformers.initialization import no_init_weights
 
     common = {"torch_dtype": precision.dtype, "local_files_only": True}
     if path.is_dir():
@@ -117,7 +119,11 @@ def load_pipeline(path: Path, config_roots: Sequence[Path], precision: Precision
             )
         kind = UNET_INPUT_KINDS[in_channels]
         logger.info("loading %s (%s, %s UNet) with configs from %s", path.name, family, kind, config)
-        source = pipeline_class.from_single_file(str(path), config=str(config), **common, **extra)
+        read_ahead(path)
+        # The models are built empty and filled from the file (diffusers' low_cpu_mem_usage path); skipping
+        # their initialisers, as transformers' own from_pretrained does, saves seconds of work on empty tensors.
+        with no_init_weights():
+            source = pipeline_class.from_single_file(str(path), config=str(config), **common, **extra)
     components = {name: getattr(source, name, None) for name in _COMPONENTS}
     pipeline = A1111Pipeline(**components).to(precision.device)
     _upcast_if_needed(pipeline.vae, precision)
@@ -155,6 +161,20 @@ def checkpoint_config_folder(path: Path, config_roots: Sequence[Path]) -> Path:
     if path.is_dir():
         return path
     return find_config_folder(path, detect_family(path), config_roots)
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the kernel to read the whole file into the page cache now, in large sequential reads.
+
+    safetensors maps the file, and the weights are first touched one page fault at a time when they are copied
+    to the device; on a cold cache (a fresh worker, a network volume) that is slow random I/O. The read-ahead
+    runs in the kernel while the models are built, so the faults find the pages already cached.
+    """
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(descriptor)
 
 
 def _upcast_if_needed(vae, precision: Precision) -> None:

@@ -1,12 +1,14 @@
 """ESRGAN-family upscaling models: loaded with spandrel, run tile by tile on A1111's PIL grid
 (`upscaler_utils.upscale_with_model`), with the loaded models kept in a small cache."""
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import spandrel
 import torch
 from PIL import Image
 
@@ -15,6 +17,12 @@ from engine.resources.cache import ResidentCache
 from engine.resources.model_files import load_listed
 from engine.upscale.grid import combine_grid, split_grid, transform_tiles
 from engine.upscale.pixel import PixelUpscaler
+
+
+if TYPE_CHECKING:
+    # spandrel and its architectures take a quarter of a second to import: only a request that upscales with a
+    # model pays it (see `_load_file`).
+    import spandrel
 
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,8 @@ class UpscaleModels:
         return load_listed(self.catalog, key[0], UPSCALER_FIELD, lambda: self._load_file(*key))
 
     def _load_file(self, path: Path, prefer_half: bool) -> spandrel.ImageModelDescriptor:
+        import spandrel
+
         try:
             descriptor = spandrel.ModelLoader(device="cpu").load_from_file(path)
         except spandrel.UnsupportedModelError as exc:

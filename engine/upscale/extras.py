@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import RequestError, UnsupportedError
 from engine.imaging.decode import decode_image
-from engine.imaging.png import PNG_COMPRESS_LEVEL
+from engine.imaging.png import PNG_OPTIONS
 from engine.upscale.pixel import PixelUpscaler
 from engine.upscale.registry import Upscalers
 from engine.wire.validation import parse_model
@@ -158,5 +158,5 @@ def _png_base64(image: Image.Image, texts: dict[str, str]) -> str:
     for key, value in texts.items():
         metadata.add_text(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=metadata, compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, format="PNG", pnginfo=metadata, **PNG_OPTIONS)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
