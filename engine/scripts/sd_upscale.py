@@ -54,7 +54,8 @@ def run(spec, context):
         raise UnsupportedError("mask", "SD upscale redraws the whole image; a mask is not supported with it")
     overlap, scale = args.integer(1), args.number(3)
     name = upscaler_name(args.raw(2), context.upscalers.listing(), args.where(2))
-    image = flatten(decode_image(request.init_images[0], "init_images[0]")[0])
+    limits = context.settings.limits_for_images("init_images")
+    image = flatten(decode_image(request.init_images[0], "init_images[0]", limits)[0])
     if name != "None":
         image = context.upscalers.pixel(name, args.where(2)).upscale(image, scale)
     width, height = request.width // 8 * 8, request.height // 8 * 8

@@ -63,7 +63,9 @@ def plan_generation(
     sampler = SamplerSpec(choice, sampler_options(request, choice, options))
     adetailer = parse_adetailer_args(request.alwayson_scripts)
     refiner, refiner_notes = refiner_plan(request, options)
-    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img)
+    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img,
+                                          limits=settings.limits_for_images("controlnet"),
+                                          max_units=settings.max_control_units)
     if refiner is not None and control_units:
         # A1111's ControlNet hooks the base UNet only; after the switch its units would silently stop.
         raise UnsupportedError(
