@@ -59,6 +59,22 @@ def bounded_int(value: int | None, field: str, low: int, high: int) -> int:
     return value
 
 
+def check_prompt_length(text: str | list[str] | None, field: str, max_chars: int) -> None:
+    """A prompt field (or each entry of a prompt list) within `max_chars` characters: every 75 tokens cost a
+    text-encoder pass, and the parsers are linear only in well-formed input."""
+    entries = text if isinstance(text, list) else [text]
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str) and len(entry) > max_chars:
+            where = f"{field}[{index}]" if isinstance(text, list) else field
+            raise RequestError(where, f"is {len(entry)} characters; at most {max_chars} accepted")
+
+
+def check_prompt_lengths(request: GenerationRequest, max_chars: int) -> None:
+    """Every prompt field of the request (styles already merged in), before any is parsed."""
+    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        check_prompt_length(getattr(request, field, None), field, max_chars)
+
+
 def image_size(request: GenerationRequest, settings: Settings) -> tuple[int, int]:
     """A1111 builds a (h//8, w//8) latent, so the image is floored to a multiple of 8."""
     for field in ("width", "height"):

@@ -14,6 +14,7 @@ from engine.settings import Settings
 from engine.translate.alwayson import apply_builtin_scripts
 from engine.translate.common import (
     bounded_int,
+    check_prompt_lengths,
     image_size,
     is_img2img,
     noise_spec,
@@ -48,6 +49,7 @@ def plan_generation(
         img2img: ControlNet units may leave out their image (they take the init image).
     """
     reject_unsupported(request)
+    check_prompt_lengths(request, settings.max_prompt_chars)
     options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
     batch_size = batch_size or bounded_int(request.batch_size, "batch_size", 1, settings.max_batch_images)
     n_iter = bounded_int(request.n_iter, "n_iter", 1, settings.max_batch_images)
@@ -90,7 +92,7 @@ def plan_generation(
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
-        detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options, settings),
         face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
         # A1111: the request's `tiling`, else the `tiling` option.

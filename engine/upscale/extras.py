@@ -6,6 +6,7 @@ import html
 import io
 import json
 import logging
+import math
 from typing import Any, Literal
 
 from PIL import Image, PngImagePlugin
@@ -126,6 +127,9 @@ def _pixel_upscaler(name: str, field: str, upscalers: Upscalers) -> PixelUpscale
 def _check_result_size(
     image: Image.Image, scale: float, request: ExtrasSingleImageRequest, max_pixels: int | None
 ):
+    if not math.isfinite(scale):
+        field = "upscaling_resize_w" if request.resize_mode == 1 else "upscaling_resize"
+        raise RequestError(field, f"must give a finite scale, got {scale}")
     if request.resize_mode == 1 and request.upscaling_crop:
         size, field = (request.upscaling_resize_w, request.upscaling_resize_h), "upscaling_resize_w"
     else:
