@@ -153,3 +153,28 @@ def tiny_png() -> str:
     from engine.imaging.png import png_base64
 
     return png_base64(Image.new("RGB", (64, 64), (9, 9, 9)), None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"mask_blur": 65}, r"^mask_blur: must be an integer from 0 to 64, got 65"),
+        ({"mask_blur_x": 1000}, r"^mask_blur_x: must be an integer from 0 to 64, got 1000"),
+    ],
+)
+def test_img2img_mask_blur_is_bounded(fields, message):
+    request = Img2ImgRequest.parse({**BASE, "init_images": [tiny_png()], "denoising_strength": 0.5, **fields})
+    with pytest.raises(RequestError, match=message):
+        to_img2img_plan(request, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        ({"ad_mask_blur": 5000}, r"\.ad_mask_blur: must be an integer from 0 to 64, got 5000"),
+        ({"ad_dilate_erode": -20000}, r"\.ad_dilate_erode: must be an integer from -128 to 128, got -20000"),
+    ],
+)
+def test_adetailer_mask_kernels_are_bounded(unit, message):
+    with pytest.raises(RequestError, match=message):
+        plan(alwayson_scripts=adetailer(**unit))

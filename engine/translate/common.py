@@ -35,6 +35,11 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 # engine.translate.alwayson.
 SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
 
+# Mask blur and dilation run cv2 kernels whose cost grows with their size (a blur of 256 takes ~40 s on a
+# 2048² mask on one CPU core); A1111's and ADetailer's sliders stop at these values.
+MAX_MASK_BLUR = 64
+MAX_DILATE_ERODE = 128
+
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
 

@@ -9,6 +9,8 @@ from engine.plan import DetailerPlan, SamplerSpec
 from engine.prompts.parser import extract_extra_networks
 from engine.settings import Settings
 from engine.translate.common import (
+    MAX_DILATE_ERODE,
+    MAX_MASK_BLUR,
     SAME_CHECKPOINT,
     SAME_SAMPLER,
     bounded_int,
@@ -86,5 +88,7 @@ def _check_unit_bounds(unit, field, settings: Settings) -> None:
         if width * height > settings.max_pixels:
             raise RequestError(field("ad_inpaint_width"), f"ad_inpaint_width × ad_inpaint_height is {width}x{height}; "
                                                           f"at most {settings.max_pixels} pixels accepted")
+    bounded_int(unit.ad_mask_blur, field("ad_mask_blur"), 0, MAX_MASK_BLUR)
+    bounded_int(unit.ad_dilate_erode, field("ad_dilate_erode"), -MAX_DILATE_ERODE, MAX_DILATE_ERODE)
     for key in ("ad_prompt", "ad_negative_prompt"):
         check_prompt_length(getattr(unit, key), field(key), settings.max_prompt_chars)

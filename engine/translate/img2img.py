@@ -10,6 +10,7 @@ from engine.imaging.limits import ImageLimits
 from engine.plan import GenerationPlan, InitPlan
 from engine.prompts.styles import StyleDatabase
 from engine.settings import Settings
+from engine.translate.common import MAX_MASK_BLUR, bounded_int
 from engine.translate.generation import plan_generation, prepare_request
 from engine.wire.img2img import Img2ImgRequest
 
@@ -102,10 +103,12 @@ def _mask(request: Img2ImgRequest, size: tuple[int, int], limits: ImageLimits):
 
 
 def _mask_blur(request: Img2ImgRequest) -> tuple[int, int]:
-    """`mask_blur` sets both axes (A1111's property setter); else mask_blur_x / mask_blur_y."""
+    """`mask_blur` sets both axes (A1111's property setter); else mask_blur_x / mask_blur_y. Each within
+    0..MAX_MASK_BLUR (A1111's slider)."""
     if request.mask_blur is not None:
-        return request.mask_blur, request.mask_blur
+        blur = bounded_int(request.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
+        return blur, blur
     return (
-        request.mask_blur_x if request.mask_blur_x is not None else 4,
-        request.mask_blur_y if request.mask_blur_y is not None else 4,
+        bounded_int(request.mask_blur_x if request.mask_blur_x is not None else 4, "mask_blur_x", 0, MAX_MASK_BLUR),
+        bounded_int(request.mask_blur_y if request.mask_blur_y is not None else 4, "mask_blur_y", 0, MAX_MASK_BLUR),
     )
