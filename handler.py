@@ -93,7 +93,7 @@ def serve_job(
         # The exception's text may hold internal paths and values: the client gets the job id, the log the rest.
         logger.exception("job %s failed", job_id)
         if is_device_failure(exc):
-            return {"error": f"device error (job {job_id}): the GPU failed; this worker is being replaced",
+            return {"error": f"device error (job {job_id}): {type(exc).__name__}; this worker is being replaced",
                     "refresh_worker": True}
         return {"error": internal_error_message(job_id, "job")}
 
