@@ -211,3 +211,12 @@ def test_controlnet_unit_count_is_bounded_before_any_unit_is_read():
     units = [{"module": "canny", "model": "canny", "image": "not an image"}] * 3
     with pytest.raises(RequestError, match=r"^alwayson_scripts\.controlnet\.args: holds 3 units; at most 2"):
         parse_controlnet_args({"controlnet": {"args": units}}, max_units=2)
+
+
+def test_reactor_images_use_the_reactor_limits():
+    from engine.faceswap.api import swap_image
+
+    settings = Settings(image_limit_overrides={"reactor": ImageLimits(pixels=100)})
+    engine = type("View", (), {"settings": settings})()
+    with pytest.raises(RequestError, match=r"^target_image: is 64x64 = 4096 pixels; at most 100"):
+        swap_image(engine, {"target_image": encoded(noise(64, 64)), "source_image": encoded(noise(64, 64))})

@@ -27,6 +27,7 @@ IMAGE_FIELD_KINDS: dict[str, str] = {
     "controlnet": "ControlNet/InstantID/IP-Adapter unit `image`/`input_image`/`mask`; `/controlnet/detect` inputs",
     "extras": "`/sdapi/v1/extra-single-image` `image`",
     "png_info": "`/sdapi/v1/png-info` `image`",
+    "reactor": "ReActor `source_image` (`alwayson_scripts.reactor`), `/reactor/image` `source_image`/`target_image`",
 }
 LIMIT_NAMES = tuple(item.name for item in fields(ImageLimits))
 

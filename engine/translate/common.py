@@ -33,7 +33,7 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 # alwayson_scripts A1111 extensions provide (and scripts other modules read: the refiner); matched
 # case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
 # engine.translate.alwayson.
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
+SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "reactor": "ReActor", "refiner": "Refiner"}
 
 # Mask blur and dilation run cv2 kernels whose cost grows with their size (a blur of 256 takes ~40 s on a
 # 2048² mask on one CPU core); A1111's and ADetailer's sliders stop at these values.

@@ -6,6 +6,7 @@ from engine import samplers
 from engine.control.units import infotext_params, parse_controlnet_args
 from engine.detailer.args import parse_adetailer_args
 from engine.errors import RequestError, UnsupportedError
+from engine.faceswap.args import parse_reactor_args
 from engine.networks import lora_requests
 from engine.plan import GenerationPlan, SamplerSpec
 from engine.prompts.options import prompt_options_from
@@ -95,6 +96,7 @@ def plan_generation(
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options, settings),
         face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
+        face_swap=parse_reactor_args(request.alwayson_scripts, img2img=img2img),
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.
