@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, Settings
-from engine.errors import EngineError, OutOfMemory
+from engine.errors import EngineError, OutOfMemory, internal_error_message
 from engine.logs import setup_logging
 from engine.wire.envelope import parse_job_input
 from engine.wire.routes import ENVELOPE_FIELDS, route
@@ -90,11 +90,12 @@ def serve_job(
             return {"error": str(exc), "refresh_worker": True}
         return {"error": str(exc)}
     except Exception as exc:
+        # The exception's text may hold internal paths and values: the client gets the job id, the log the rest.
         logger.exception("job %s failed", job_id)
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
         if is_device_failure(exc):
-            return {"error": f"device error: {type(exc).__name__}: {first_line}", "refresh_worker": True}
-        return {"error": f"internal error: {type(exc).__name__}: {first_line}"}
+            return {"error": f"device error (job {job_id}): {type(exc).__name__}; this worker is being replaced",
+                    "refresh_worker": True}
+        return {"error": internal_error_message(job_id, "job")}
 
 
 class _Throttled:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine.errors import EngineError, RequestError
+from engine.errors import EngineError, RequestError, internal_error_message, new_request_id
 from engine.logs import setup_logging
 from engine.settings import Settings
 
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
         return 2
+    except Exception:
+        # As the other doors: the traceback goes to the log (stderr here), under an id the last line repeats.
+        request_id = new_request_id()
+        logger.exception("request %s failed", request_id)
+        print(f"error: {internal_error_message(request_id)}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return 1
 
 
 def run_generate(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,7 @@
-"""Errors the engine raises on purpose; each renders as one line a client can act on."""
+"""Errors the engine raises on purpose; each renders as one line a client can act on. Any other exception is a
+bug or a fault: clients get `internal_error_message`, the log gets the traceback."""
+
+import uuid
 
 
 class EngineError(Exception):
@@ -40,3 +43,15 @@ class ModelFileError(EngineError):
 
 class OutOfMemory(EngineError):
     """The device ran out of memory even when the request was retried with lower-memory settings."""
+
+
+def new_request_id() -> str:
+    """An id that ties a client's error line to the traceback in the log (HTTP and CLI requests; RunPod jobs
+    have their own)."""
+    return uuid.uuid4().hex[:12]
+
+
+def internal_error_message(request_id: str, kind: str = "request id") -> str:
+    """What a client is told about an unexpected exception: its text may hold internal paths and values, so
+    only the id under which the log holds the traceback."""
+    return f"internal error ({kind} {request_id}); the worker's log has the details"

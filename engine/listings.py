@@ -1,18 +1,12 @@
 """The A1111 endpoints that do not generate: each a function (engine, payload) → response body."""
 
-import base64
-import binascii
-import io
 import json
 import logging
 import os
 import re
 from typing import Any
 
-from PIL import Image
-
 from engine import samplers as sampler_table
-from engine.errors import RequestError
 
 
 logger = logging.getLogger(__name__)
@@ -272,32 +266,21 @@ def _cuda_memory(engine) -> dict[str, Any]:
 def extra_single_image(engine, payload: dict[str, Any]) -> dict[str, str]:
     from engine.upscale.extras import extra_single_image as upscale
 
-    return upscale(payload, engine.upscalers, engine.settings.max_pixels)
+    return upscale(payload, engine.upscalers, engine.settings.max_pixels,
+                   engine.settings.limits_for_images("extras"))
 
 
 def png_info(engine, payload: dict[str, Any]) -> dict[str, Any]:
     """`POST /sdapi/v1/png-info`: the infotext of a PNG (text chunk) or JPEG/WEBP (EXIF UserComment), the
     image's other metadata, and the infotext parsed into A1111's parameter names."""
+    from engine.imaging.decode import DEFAULT_LIMITS, open_image
     from engine.imaging.png import read_image_info
 
-    with _decode(payload.get("image")) as image:
+    limits = engine.settings.limits_for_images("png_info") if engine is not None else DEFAULT_LIMITS
+    with open_image(payload.get("image"), "image", limits) as image:
         infotext, items = read_image_info(image)
     infotext = infotext or ""
     return {"info": infotext, "items": items, "parameters": parse_infotext(infotext)}
-
-
-def _decode(text: Any) -> Image.Image:
-    if not isinstance(text, str) or not text.strip():
-        raise RequestError("image", "is required: a base64-encoded image")
-    text = text.strip()
-    if text.startswith("data:image/"):
-        text = text.partition(",")[2]
-    try:
-        return Image.open(io.BytesIO(base64.b64decode(text)))
-    # ImportError: once ultralytics is imported (ADetailer), its patched `Image.open` retries unidentified
-    # data through an optional HEIF plugin that is not installed.
-    except (binascii.Error, ValueError, OSError, ImportError) as exc:
-        raise RequestError("image", f"is not a base64-encoded image ({exc})") from None
 
 
 # One "Key: value" of an infotext's last line; a value is a JSON string in quotes, or runs to the next comma.
@@ -373,7 +356,8 @@ def controlnet_detect(engine, payload: dict[str, Any]) -> dict[str, Any]:
     """`POST /controlnet/detect`: run a preprocessor module on images, return the maps."""
     from engine.control import api
 
-    return api.detect(engine.catalog, payload, engine.control_models)
+    return api.detect(engine.catalog, payload, engine.control_models,
+                      engine.settings.limits_for_images("controlnet"))
 
 
 def reactor_models(engine, payload: dict[str, Any]) -> dict[str, list[str]]:

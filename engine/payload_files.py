@@ -8,8 +8,6 @@ for a local run, explicitly, on the command line.
 """
 
 import base64
-import binascii
-import io
 import json
 import re
 from pathlib import Path
@@ -78,12 +76,10 @@ def use_checkpoint(job_input: Any, checkpoint: str) -> Any:
 
 
 def _is_base64_image(text: str) -> bool:
-    from PIL import Image, UnidentifiedImageError
+    from engine.imaging.decode import open_image
 
-    data = text.partition(",")[2] if text.startswith("data:image/") else text
     try:
-        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
-            image.verify()
-    except (binascii.Error, ValueError, OSError, UnidentifiedImageError):
+        open_image(text, "image").close()
+    except RequestError:
         return False
     return True

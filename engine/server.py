@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import EngineError, NotFoundError, RequestError
+from engine.errors import EngineError, NotFoundError, RequestError, internal_error_message, new_request_id
 from engine.wire.routes import GENERATION_REQUESTS, HTTP_FIELDS, ROUTES, route
 
 
@@ -94,14 +94,17 @@ def _endpoint(engine, method: str, path: str, body_model: Any):
 
 
 def error_response(exc: Exception, status: int | None = None, detail: str | None = None) -> JSONResponse:
-    """A1111's error body. Known errors carry their one-line message; unexpected ones are logged with the
-    traceback and answered with status 500."""
+    """A1111's error body. Known errors carry their one-line message; an unexpected one is logged with its
+    traceback under a new request id and answered (500) with that id only: its text may hold internal paths."""
     if status is None:
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 500)
-    if status == 500 and not isinstance(exc, EngineError):
-        logger.error("unexpected error", exc_info=exc)
-    message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-    body = {"error": type(exc).__name__, "detail": detail or message, "body": "", "errors": message}
+    if isinstance(exc, EngineError | StarletteHTTPException):
+        name, message = type(exc).__name__, str(exc)
+    else:
+        request_id = new_request_id()
+        logger.error("request %s failed", request_id, exc_info=exc)
+        name, message, detail = "InternalError", internal_error_message(request_id), None
+    body = {"error": name, "detail": detail or message, "body": "", "errors": message}
     return JSONResponse(status_code=status, content=body)
 
 

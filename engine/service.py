@@ -150,7 +150,8 @@ class Engine:
         if script is None:
             return self.generate_request(request, on_progress)
         context = ScriptContext(
-            request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request
+            request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request,
+            settings=self.settings,
         )
         result = run_script(script, context)
         result.parameters = _parameters(request)

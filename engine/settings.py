@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.imaging.limits import ImageLimits, limits_for, parse_image_limits
 from engine.speedups import SpeedUps
 
 
@@ -32,6 +33,13 @@ class Settings:
     max_steps: int = 150
     max_pixels: int = 2048 * 2048
     max_batch_images: int = 16
+    # Bounds on what a payload can make the worker do besides steps, pixels and images (checked before any work).
+    max_prompt_chars: int = 20_000  # each prompt field; ~5,000 tokens, 67 of A1111's 75-token chunks
+    max_control_units: int = 10  # entries of alwayson_scripts.controlnet.args (sd-webui-controlnet's UI max)
+    max_script_generations: int = 100  # generations (or SD upscale tiles) one selectable script may run
+    # Input images: the bounds of every image field, and per kind of field (engine.imaging.limits).
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    image_limit_overrides: Mapping[str, ImageLimits] = field(default_factory=dict)
     # Run the VAE in tiles above this many pixels; None: only when a whole decode would not fit on the GPU.
     vae_tile_above_pixels: int | None = None
     # Memory the resident checkpoints may take (GB); None: derived from the device (see resources.cache).
@@ -56,11 +64,18 @@ class Settings:
         candidates = (self.configs_dir, self.models_dir / "configs", own_models_dir() / "configs")
         return tuple(dict.fromkeys(path for path in candidates if path is not None))
 
+    def limits_for_images(self, kind: str) -> ImageLimits:
+        """The input-image limits of one kind of field (`init_images`, `mask`, `controlnet`, `extras`,
+        `png_info`)."""
+        return limits_for(kind, self.image_limits, self.image_limit_overrides)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated), `STYLES_FILE`,
-        `WILDCARDS_DIR` and the speed-up switches (`engine.speedups.SpeedUps.from_env`) from the environment."""
+        `MAX_BATCH_IMAGES`, `MAX_PROMPT_CHARS`, `MAX_CONTROL_UNITS`, `MAX_SCRIPT_GENERATIONS`, `MAX_IMAGE_BASE64_CHARS`,
+        `MAX_INPUT_PIXELS`, `MAX_INPUT_IMAGES`, `IMAGE_LIMITS`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD`
+        (comma-separated), `STYLES_FILE`, `WILDCARDS_DIR` and the speed-up switches
+        (`engine.speedups.SpeedUps.from_env`) from the environment."""
         from engine.resources.catalog import locate_models_root
 
         env = os.environ if env is None else env
@@ -74,6 +89,9 @@ class Settings:
             "max_steps": _int(env, "MAX_STEPS"),
             "max_pixels": _int(env, "MAX_PIXELS"),
             "max_batch_images": _int(env, "MAX_BATCH_IMAGES"),
+            "max_prompt_chars": _int(env, "MAX_PROMPT_CHARS"),
+            "max_control_units": _int(env, "MAX_CONTROL_UNITS"),
+            "max_script_generations": _int(env, "MAX_SCRIPT_GENERATIONS"),
             "vae_tile_above_pixels": _int(env, "VAE_TILE_ABOVE_PIXELS"),
             "model_memory_budget_gb": float(env["MODEL_MEMORY_BUDGET_GB"])
             if env.get("MODEL_MEMORY_BUDGET_GB")
@@ -85,7 +103,20 @@ class Settings:
             "wildcards_dir": Path(env["WILDCARDS_DIR"]) if env.get("WILDCARDS_DIR") else None,
         }
         values = {k: v for k, v in values.items() if v is not None}
+        values.update(_image_limits(env, overrides.get("image_limits", settings.image_limits)))
         return replace(settings, **{**values, **overrides})
+
+
+def _image_limits(env: Mapping[str, str], default: ImageLimits) -> dict[str, object]:
+    """`MAX_IMAGE_BASE64_CHARS`, `MAX_INPUT_PIXELS`, `MAX_INPUT_IMAGES` (every image field) and `IMAGE_LIMITS`
+    (per kind of field, over those)."""
+    given = {"base64_chars": _int(env, "MAX_IMAGE_BASE64_CHARS"), "pixels": _int(env, "MAX_INPUT_PIXELS"),
+             "images": _int(env, "MAX_INPUT_IMAGES")}
+    default = replace(default, **{name: value for name, value in given.items() if value is not None})
+    values: dict[str, object] = {"image_limits": default}
+    if env.get("IMAGE_LIMITS"):
+        values["image_limit_overrides"] = parse_image_limits(env["IMAGE_LIMITS"], default)
+    return values
 
 
 def _int(env: Mapping[str, str], key: str) -> int | None:

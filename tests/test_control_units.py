@@ -170,7 +170,7 @@ def test_a_known_but_unsupported_module_says_so():
         ({"module": "canny", "model": "c", "image": IMAGE, "frobnicate": 1}, RequestError, r"frobnicate"),
         ({"module": "canny", "model": "None", "image": IMAGE}, RequestError, r"\.model: .*needs a model"),
         ({"module": "canny", "model": "c"}, RequestError, r"\.image: is required"),
-        ({"module": "canny", "model": "c", "image": "not base64!"}, RequestError, r"\.image: is not a base64"),
+        ({"module": "canny", "model": "c", "image": "not base64!"}, RequestError, r"\.image: is not valid base64"),
         ({"module": "canny", "model": "c", "image": IMAGE, "guidance_start": 0.8, "guidance_end": 0.2},
          RequestError, r"guidance_start: must not exceed"),
         ({"module": "canny", "model": "c", "image": IMAGE, "resize_mode": "Stretch"}, RequestError,

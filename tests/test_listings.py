@@ -189,7 +189,7 @@ def test_png_info_reads_every_format_back(samples_format):
 
 
 def test_png_info_refuses_what_is_not_an_image():
-    with pytest.raises(RequestError, match="^image: is not a base64-encoded image"):
+    with pytest.raises(RequestError, match="^image: is not an image in a supported format"):
         listings.png_info(None, {"image": base64.b64encode(b"hello").decode()})
 
 

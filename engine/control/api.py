@@ -15,7 +15,8 @@ from engine.control.maps.registry import MapTools, detect_map
 from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MASK_REQUIRED, find_module, sorted_modules
 from engine.control.preprocess import FaceFinder, to_rgb_array
 from engine.errors import RequestError, UnsupportedError
-from engine.imaging.decode import decode_image
+from engine.imaging.decode import DEFAULT_LIMITS, check_image_count, decode_image
+from engine.imaging.limits import ImageLimits
 from engine.imaging.png import png_base64
 
 
@@ -39,7 +40,7 @@ def module_list(catalog, payload: dict[str, Any] | None = None) -> dict[str, Any
     return {"module_list": [key for key, _ in ordered], "module_detail": {key: spec.detail() for key, spec in ordered}}
 
 
-def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
+def detect(catalog, payload: dict[str, Any], models=None, limits: ImageLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """`POST /controlnet/detect`: run a preprocessor on images. Map modules answer `{"info", "images"}` (the
     maps at the preprocessor's scale, base64 PNG; inpaint modules their RGB part), the openpose modules also
     "poses" (one OpenPose JSON per image); the face embedding answers `{"info", "tensor"}` (each a base64
@@ -58,6 +59,7 @@ def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
     images = payload.get("controlnet_input_images") or []
     if not isinstance(images, list) or not images:
         raise RequestError("controlnet_input_images", "no image given: a list of base64 images is required")
+    check_image_count(images, "controlnet_input_images", limits)
     masks = payload.get("controlnet_masks") or []
     if module.mask == MASK_REQUIRED and len(masks) != len(images):
         raise RequestError("controlnet_masks", f"module {module.name!r} needs one mask per input image")
@@ -72,12 +74,12 @@ def detect(catalog, payload: dict[str, Any], models=None) -> dict[str, Any]:
     results = []
     for index, text in enumerate(images):
         field = f"controlnet_input_images[{index}]"
-        image = to_rgb_array(to_rgb(decode_image(text, field)[0]))
+        image = to_rgb_array(to_rgb(decode_image(text, field, limits)[0]))
         if module.output == FACE_EMBEDDING:
             results.append(_tensor_base64(faces(image, int(resolution), field).face.embedding))
             continue
         if module.mask == MASK_REQUIRED:
-            mask = decode_image(masks[index], f"controlnet_masks[{index}]")[0].convert("RGB")
+            mask = decode_image(masks[index], f"controlnet_masks[{index}]", limits)[0].convert("RGB")
             image = np.concatenate([image, np.asarray(mask)[:, :, :1]], axis=2)
         detected = detect_map(module.name, image, resolution, thresholds, replace(tools, field=field))
         results.append(png_base64(Image.fromarray(detected[:, :, :3]), None))

@@ -7,7 +7,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from engine.errors import RequestError
-from engine.imaging.decode import decode_image
+from engine.imaging.decode import DEFAULT_LIMITS, check_image_count, decode_image
 from engine.imaging.inpaint import (
     blur_mask,
     create_binary_mask,
@@ -15,14 +15,16 @@ from engine.imaging.inpaint import (
     get_crop_region,
     resize_image,
 )
+from engine.imaging.limits import ImageLimits
 
 
 Decoded = tuple[Image.Image, Image.Image | None]  # (RGB image, "L" mask or None)
 
 
-def decode_unit_images(image: Any, mask: Any, field: str) -> tuple[Decoded, ...]:
+def decode_unit_images(image: Any, mask: Any, field: str, limits: ImageLimits = DEFAULT_LIMITS) -> tuple[Decoded, ...]:
     """sd-webui-controlnet `get_input_images_rgba`: a base64 string (with `mask` beside it), {"image", "mask"},
-    [image, mask], or a list of {"image", "mask"} (several inputs for one IP-Adapter)."""
+    [image, mask], or a list of {"image", "mask"} (several inputs for one IP-Adapter). The list's length is
+    bounded by `limits.images` before any image is decoded."""
     if image is None or image == "":
         entries = []
     elif isinstance(image, str):
@@ -35,20 +37,21 @@ def decode_unit_images(image: Any, mask: Any, field: str) -> tuple[Decoded, ...]
         entries = [{"image": image[0], "mask": image[1]}]
     else:
         raise RequestError(field, 'must be a base64 image, {"image": ..., "mask": ...}, or a list of those')
+    check_image_count(entries, field, limits)
     decoded = []
     for number, entry in enumerate(entries):
         where = field if len(entries) == 1 else f"{field}[{number}]"
         text = entry.get("image")
         if not isinstance(text, str):
             raise RequestError(where, "must be a base64-encoded image")
-        picture = to_rgb(decode_image(text, where)[0])
+        picture = to_rgb(decode_image(text, where, limits)[0])
         given = entry.get("mask")
         control_mask = None
         if given not in (None, ""):
             if not isinstance(given, str):
                 raise RequestError(f"{where}.mask", "must be a base64-encoded image")
             # `combine_image_and_mask`: the mask's first channel (masks are grey anyway).
-            control_mask = decode_image(given, f"{where}.mask")[0].convert("RGB").getchannel("R")
+            control_mask = decode_image(given, f"{where}.mask", limits)[0].convert("RGB").getchannel("R")
             if control_mask.size != picture.size:
                 raise RequestError(f"{where}.mask", f"is {control_mask.size[0]}x{control_mask.size[1]}, the "
                                                     f"image {picture.size[0]}x{picture.size[1]}")

@@ -13,6 +13,8 @@ from engine.control.inputs import crop_to_mask_region, decode_unit_images, proce
 from engine.control.ip_adapters import AUTO_MODULE, auto_module
 from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MODULES, UNION_TYPES, ModuleSpec, find_module
 from engine.errors import RequestError, UnsupportedError, choices
+from engine.imaging.decode import DEFAULT_LIMITS
+from engine.imaging.limits import ImageLimits
 from engine.wire.validation import parse_model
 
 
@@ -163,10 +165,11 @@ def infotext_params(units: Sequence[ControlUnit]) -> dict[str, str]:
     return {f"ControlNet {number}": unit.infotext() for number, unit in enumerate(units)}
 
 
-def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None,
-                          img2img: bool = False) -> tuple[ControlUnit, ...]:
+def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool = False,
+                          limits: ImageLimits = DEFAULT_LIMITS, max_units: int = 10) -> tuple[ControlUnit, ...]:
     """The enabled units of `alwayson_scripts.controlnet.args` (absent → none), in order. On img2img a unit
-    may leave out its image (`with_init_image` fills it in).
+    may leave out its image (`with_init_image` fills it in). At most `max_units` entries, checked before any
+    is parsed; each unit's images within `limits`.
 
     A unit is skipped when `enabled` is false, or when it is an empty tab (module "none", model "None").
 
@@ -184,6 +187,8 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None,
     args = script.get("args", []) if isinstance(script, Mapping) else script
     if not isinstance(args, list):
         raise RequestError(f"{where}.args", f"must be a list of unit objects, got {type(args).__name__}")
+    if len(args) > max_units:
+        raise RequestError(f"{where}.args", f"holds {len(args)} units; at most {max_units} accepted")
     units = []
     for index, entry in enumerate(args):
         field = f"{where}.args[{index}]"
@@ -191,7 +196,7 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None,
             raise RequestError(field, f"must be a unit object, got {entry!r:.60}")
         raw = parse_model(UnitArgs, _with_current_keys(entry, field), field)
         if _is_active(raw):
-            units.append(_resolve(raw, index, field, img2img))
+            units.append(_resolve(raw, index, field, img2img, limits))
     _check_instant_id(units)
     return tuple(units)
 
@@ -222,7 +227,7 @@ def _no_model(model: str | None) -> bool:
     return model is None or model.strip().lower() in (NO_MODEL, "")
 
 
-def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool) -> ControlUnit:
+def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: ImageLimits = DEFAULT_LIMITS) -> ControlUnit:
     module = find_module(raw.module, f"{field}.module")
     for key in ("advanced_weighting", "effective_region_mask", "ipadapter_input"):
         if getattr(raw, key) not in (None, "", []):
@@ -234,7 +239,7 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool) -> ControlUni
     if raw.guidance_start > raw.guidance_end:
         raise RequestError(f"{field}.guidance_start",
                            f"must not exceed guidance_end ({raw.guidance_start} > {raw.guidance_end})")
-    inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image")
+    inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image", limits)
     if not inputs and not img2img:
         raise RequestError(f"{field}.image", "is required: txt2img has no init image to fall back on")
     if len(inputs) > 1:

@@ -52,7 +52,8 @@ def swap_image(engine, payload: dict[str, Any]) -> dict[str, str]:
 
     if payload.get("save_to_file") not in (None, 0, False):
         raise UnsupportedError("save_to_file", "the worker does not write files; send 0 and use the returned image")
-    target, _ = decode_image(payload.get("target_image") or "", "target_image")
+    target, _ = decode_image(payload.get("target_image") or "", "target_image",
+                             engine.settings.limits_for_images("reactor"))
     args = [None] * len(POSITION)
     args[POSITION["enable"]] = True
     for body_name, (arg_name, default) in BODY_FIELDS.items():

@@ -94,7 +94,7 @@ def prepare_stage(args: ReactorArgs, engine) -> FaceSwapStage:
         sources: tuple = (load_face_model(files.face_model),)
     else:
         check_index_counts(args.source_faces_index, args.faces_index, field("source_faces_index"))
-        image, _ = decode_image(args.source_image, field("source_image"))
+        image, _ = decode_image(args.source_image, field("source_image"), engine.settings.limits_for_images("reactor"))
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         faces = analyser.faces(bgr, args.det_thresh, args.det_maxnum)
         sources = tuple(source_faces_for(faces, args.source_faces_index, args.gender_source,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.scripts.results import combine
+from engine.settings import Settings
 from engine.wire.scripts import ScriptSpec
 
 
@@ -26,6 +27,7 @@ class ScriptContext:
         on_progress: the caller's progress callback, passed to every generation.
         check: `(request) → None`: translates a request and resolves its model names without generating, so
             a script can refuse a bad combination before any work.
+        settings: the worker's limits (`max_script_generations`, input images, pixels).
     """
 
     request: Any
@@ -34,6 +36,7 @@ class ScriptContext:
     upscalers: Any = None
     on_progress: Callable[[Any], None] | None = None
     check: Callable[[Any], None] | None = None
+    settings: Settings = field(default_factory=Settings)
     done: list = field(default_factory=list)  # every generation's result so far, in order
 
 

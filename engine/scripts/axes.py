@@ -10,6 +10,7 @@ axes whose setting this worker does not have are refused when used. Value lists 
 import csv
 import io
 import itertools
+import math
 import random
 import re
 from collections.abc import Callable
@@ -237,7 +238,7 @@ def split_values(text: str) -> list[str]:
     return [value.strip() for value in itertools.chain.from_iterable(rows)]
 
 
-def _expand_ints(values: list[str]) -> list[Any]:
+def _expand_ints(values: list[str], check: Callable[[int], None]) -> list[Any]:
     expanded: list[Any] = []
     for value in values:
         if not value.strip():
@@ -245,9 +246,12 @@ def _expand_ints(values: list[str]) -> list[Any]:
         stepped, counted = RANGE.fullmatch(value), RANGE_COUNT.fullmatch(value)
         if stepped:
             step = int(stepped[3]) if stepped[3] else 1
-            expanded += range(int(stepped[1].replace(" ", "")), int(stepped[2].replace(" ", "")) + 1, step)
+            span = range(int(stepped[1].replace(" ", "")), int(stepped[2].replace(" ", "")) + 1, step)
+            check(len(expanded) + len(span))
+            expanded += span
         elif counted:
             count = int(counted[3]) if counted[3] else 1
+            check(len(expanded) + count)
             start, stop = int(counted[1].replace(" ", "")), int(counted[2].replace(" ", ""))
             expanded += [int(x) for x in np.linspace(start, stop, count).tolist()]
         else:
@@ -255,7 +259,7 @@ def _expand_ints(values: list[str]) -> list[Any]:
     return expanded
 
 
-def _expand_floats(values: list[str]) -> list[Any]:
+def _expand_floats(values: list[str], check: Callable[[int], None]) -> list[Any]:
     expanded: list[Any] = []
     for value in values:
         if not value.strip():
@@ -264,30 +268,46 @@ def _expand_floats(values: list[str]) -> list[Any]:
         if stepped:
             start, stop = float(stepped[1].replace(" ", "")), float(stepped[2].replace(" ", ""))
             step = float(stepped[3]) if stepped[3] else 1.0
+            if step != 0 and math.isfinite(step):
+                check(len(expanded) + max(0, math.ceil((stop + step - start) / step)))
             expanded += np.arange(start, stop + step, step).tolist()
         elif counted:
             start, stop = float(counted[1].replace(" ", "")), float(counted[2].replace(" ", ""))
-            expanded += np.linspace(start, stop, int(counted[3]) if counted[3] else 1).tolist()
+            count = int(counted[3]) if counted[3] else 1
+            check(len(expanded) + count)
+            expanded += np.linspace(start, stop, count).tolist()
         else:
             expanded.append(value)
     return expanded
 
 
-def axis_values(axis: Axis, text: str, listed: list[str] | None, where: str) -> list[Any]:
-    """An axis's values from its text (or, for a dropdown axis, its list), ranges expanded, typed.
+def axis_values(axis: Axis, text: str, listed: list[str] | None, where: str,
+                max_values: int | None = None) -> list[Any]:
+    """An axis's values from its text (or, for a dropdown axis, its list), ranges expanded, typed; at most
+    `max_values` of them, counted before a range is expanded.
 
     A1111 reads a dropdown axis only from its list unless "Use text inputs" is on; here the list is used when
     given and the text otherwise, so either way of sending values works.
     """
     if axis.label == "Nothing":
         return [0]
+
+    def check(count: int) -> None:
+        if max_values is not None and count > max_values:
+            raise RequestError(where, f"the {axis.label} axis has {count} values; at most {max_values} accepted")
+
     values = [str(value) for value in listed] if listed else split_values(text or "")
-    if axis.kind == "int":
-        values = _expand_ints(values)
-    elif axis.kind == "float":
-        values = _expand_floats(values)
-    elif axis.kind == "permutations":
-        return list(itertools.permutations(values))
+    check(len(values))
+    try:
+        if axis.kind == "int":
+            values = _expand_ints(values, check)
+        elif axis.kind == "float":
+            values = _expand_floats(values, check)
+        elif axis.kind == "permutations":
+            check(math.perm(len(values)))
+            return list(itertools.permutations(values))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise RequestError(where, f"{axis.label} values: {exc}") from None
     convert = {"int": int, "float": float, "str": str}[axis.kind]
     try:
         typed = [convert(value) for value in values]

@@ -10,7 +10,7 @@ img2img passes.
 
 import math
 
-from engine.errors import UnsupportedError
+from engine.errors import RequestError, UnsupportedError
 from engine.imaging.grid import image_grid
 from engine.imaging.png import png_base64
 from engine.scripts.args import ScriptArgs
@@ -44,9 +44,13 @@ def run(spec, context):
     if loops < 1:
         raise UnsupportedError(args.where(0), f"must be at least 1, got {loops}")
     request = context.request
+    batches = max(1, request.n_iter or 1)
+    most = context.settings.max_script_generations
+    if loops * batches > most:
+        raise RequestError(args.where(0), f"{loops} loops × n_iter {batches} = {loops * batches} generations; "
+                                          f"at most {most} accepted")
     initial = request.denoising_strength if request.denoising_strength is not None else 0.75
     seed = fixed_seed(request.seed)
-    batches = max(1, request.n_iter or 1)
     params = {"Final denoising strength": final, "Denoising curve": curve}
     results, history = [], []
     for _ in range(batches):

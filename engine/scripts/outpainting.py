@@ -62,7 +62,8 @@ def _directions(args: ScriptArgs, index: int) -> list[str]:
 def _init_image(context) -> Image.Image:
     if context.request.mask:
         raise UnsupportedError("mask", "outpainting makes its own masks; send no mask")
-    return decode_image(context.request.init_images[0], "init_images[0]")[0].convert("RGB")
+    limits = context.settings.limits_for_images("init_images")
+    return decode_image(context.request.init_images[0], "init_images[0]", limits)[0].convert("RGB")
 
 
 # --- Outpainting mk2 ---------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def run(spec, context):
     if not jobs:
         # A1111 answers with no images at all; an empty list is more likely a client mistake.
         raise RequestError("script_args[3]", "holds no prompt lines")
+    most = context.settings.max_script_generations
+    if len(jobs) > most:
+        raise RequestError("script_args[3]", f"holds {len(jobs)} prompt lines; at most {most} accepted")
     request = context.request
     seed = request.seed
     if (iterate or same_seed) and seed == -1:

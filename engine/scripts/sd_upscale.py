@@ -9,6 +9,8 @@ seed, seed + 1, … (one per batch, as A1111 advances it), and `combine_grid` fe
 repeats the whole upscale from seed + n. Work: tiles × img2img steps, per repeat.
 """
 
+import math
+
 from PIL import Image
 
 from engine.errors import RequestError, UnsupportedError
@@ -17,7 +19,7 @@ from engine.imaging.png import png_base64
 from engine.scripts.args import ScriptArgs
 from engine.scripts.results import combine, infotext_with
 from engine.translate import fixed_seed
-from engine.upscale.grid import Grid, Tile, combine_grid, split_grid
+from engine.upscale.grid import Grid, Tile, combine_grid, split_grid, tile_origins
 
 
 def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
@@ -54,7 +56,9 @@ def run(spec, context):
         raise UnsupportedError("mask", "SD upscale redraws the whole image; a mask is not supported with it")
     overlap, scale = args.integer(1), args.number(3)
     name = upscaler_name(args.raw(2), context.upscalers.listing(), args.where(2))
-    image = flatten(decode_image(request.init_images[0], "init_images[0]")[0])
+    limits = context.settings.limits_for_images("init_images")
+    image = flatten(decode_image(request.init_images[0], "init_images[0]", limits)[0])
+    _check_work(image.size, scale if name != "None" else 1.0, request, overlap, context.settings, args.where(3))
     if name != "None":
         image = context.upscalers.pixel(name, args.where(2)).upscale(image, scale)
     width, height = request.width // 8 * 8, request.height // 8 * 8
@@ -80,6 +84,25 @@ def run(spec, context):
     infotext = infotext_with(results[0].infotexts[0], params)
     return combine(results, upscaled, [infotext] * len(upscaled),
                    info={"all_seeds": [seed + repeat for repeat in range(len(upscaled))]})
+
+
+def _check_work(size: tuple[int, int], scale: float, request, overlap: int, settings, field: str) -> None:
+    """The upscaled size and the tiles to redraw within the worker's limits, before anything is upscaled."""
+    if not math.isfinite(scale) or scale <= 0:
+        raise RequestError(field, f"the scale must be a finite number above 0, got {scale}")
+    # `Upscaler.upscale`'s destination: each side times `scale`, rounded down to a multiple of 8.
+    width, height = (int(side * scale) // 8 * 8 if scale != 1.0 else side for side in size)
+    if width * height > settings.max_pixels:
+        raise RequestError(field, f"the upscaled image would be {width}x{height}; at most {settings.max_pixels} "
+                                  "pixels accepted")
+    tile_width, tile_height = request.width // 8 * 8, request.height // 8 * 8
+    if not 0 <= overlap < min(tile_width, tile_height):
+        return  # tile_grid names the overlap
+    tiles = len(tile_origins(width, tile_width, overlap)) * len(tile_origins(height, tile_height, overlap))
+    repeats = max(1, request.n_iter or 1)
+    if tiles * repeats > settings.max_script_generations:
+        raise RequestError(field, f"{tiles} tiles × n_iter {repeats} = {tiles * repeats} tiles to redraw; at most "
+                                  f"{settings.max_script_generations} accepted")
 
 
 def _reassemble(grid: Grid, images: list[Image.Image]) -> Image.Image:

@@ -38,21 +38,23 @@ class AxisChoice:
         return self.axis.apply(request, value, self.values)
 
 
-def _axis(args: ScriptArgs, offset: int, img2img: bool) -> AxisChoice:
+def _axis(args: ScriptArgs, offset: int, img2img: bool, max_values: int) -> AxisChoice:
     axis = find_axis(args.raw(offset), img2img, args.where(offset))
     if axis.unsupported:
         axis.apply(None, None, [])  # raises its UnsupportedError
     listed = args.raw(offset + 2)
     listed = [str(value) for value in listed] if isinstance(listed, list) and listed else None
     use_list = axis.has_choices and listed is not None and not args.flag(17)
-    values = axis_values(axis, args.text(offset + 1), listed if use_list else None, args.where(offset + 1))
+    values = axis_values(axis, args.text(offset + 1), listed if use_list else None, args.where(offset + 1),
+                         max_values)
     text = ",".join(listed) if use_list else args.text(offset + 1)
     return AxisChoice(axis, values, text)
 
 
 def run(spec, context):
     args = ScriptArgs(spec, context.request.script_args)
-    x, y, z = (_axis(args, offset, context.img2img) for offset in (0, 3, 6))
+    most = context.settings.max_script_generations
+    x, y, z = (_axis(args, offset, context.img2img, most) for offset in (0, 3, 6))
     keep_random = args.flag(12)
     request = context.request
     base: dict[str, Any] = {}
@@ -60,7 +62,7 @@ def run(spec, context):
         # A1111 `fix_seed`: the grid shares one seed (and variation seed) unless an axis changes them.
         base = {"seed": fixed_seed(request.seed), "subseed": fixed_seed(request.subseed)}
         x, y, z = (AxisChoice(a.axis, fix_seeds(a.axis, a.values), a.text) for a in (x, y, z))
-    _check_size(request, x, y, z)
+    _check_size(request, x, y, z, most)
     vary = (args.flag(13), args.flag(14), args.flag(15))
     cells = {}
     for ix, iy, iz in _loop_order(x, y, z):
@@ -70,7 +72,12 @@ def run(spec, context):
     return _assemble(results, x, y, z, args, keep_random)
 
 
-def _check_size(request, x: AxisChoice, y: AxisChoice, z: AxisChoice) -> None:
+def _check_size(request, x: AxisChoice, y: AxisChoice, z: AxisChoice, max_cells: int) -> None:
+    """A1111's grid size limit, and the worker's on the generations (one per cell)."""
+    sizes = (len(x.values), len(y.values), len(z.values))
+    if sizes[0] * sizes[1] * sizes[2] > max_cells:
+        raise RequestError("script_args", f"the grid has {sizes[0]}x{sizes[1]}x{sizes[2]} = "
+                                          f"{sizes[0] * sizes[1] * sizes[2]} cells; at most {max_cells} accepted")
     megapixels = round(len(x.values) * len(y.values) * len(z.values) * request.width * request.height / 1e6)
     if megapixels >= MAX_GRID_MEGAPIXELS:
         raise RequestError("script_args", f"the grid would be {megapixels} megapixels; A1111 allows less than "

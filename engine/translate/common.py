@@ -41,6 +41,11 @@ SUPPORTED_SCRIPTS = {
     SIMPLE_WILDCARDS_TITLE.lower(): SIMPLE_WILDCARDS_TITLE,
 }
 
+# Mask blur and dilation run cv2 kernels whose cost grows with their size (a blur of 256 takes ~40 s on a
+# 2048² mask on one CPU core); A1111's and ADetailer's sliders stop at these values.
+MAX_MASK_BLUR = 64
+MAX_DILATE_ERODE = 128
+
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")
 
@@ -63,6 +68,22 @@ def bounded_int(value: int | None, field: str, low: int, high: int) -> int:
     if value is None or not low <= value <= high:
         raise RequestError(field, f"must be an integer from {low} to {high}, got {value!r}")
     return value
+
+
+def check_prompt_length(text: str | list[str] | None, field: str, max_chars: int) -> None:
+    """A prompt field (or each entry of a prompt list) within `max_chars` characters: every 75 tokens cost a
+    text-encoder pass, and the parsers are linear only in well-formed input."""
+    entries = text if isinstance(text, list) else [text]
+    for index, entry in enumerate(entries):
+        if isinstance(entry, str) and len(entry) > max_chars:
+            where = f"{field}[{index}]" if isinstance(text, list) else field
+            raise RequestError(where, f"is {len(entry)} characters; at most {max_chars} accepted")
+
+
+def check_prompt_lengths(request: GenerationRequest, max_chars: int) -> None:
+    """Every prompt field of the request (styles already merged in), before any is parsed."""
+    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        check_prompt_length(getattr(request, field, None), field, max_chars)
 
 
 def image_size(request: GenerationRequest, settings: Settings) -> tuple[int, int]:

@@ -3,21 +3,34 @@
 from engine import samplers
 from engine.control.units import detailer_controlnet
 from engine.detailer.args import ADetailerArgs
+from engine.errors import RequestError
 from engine.networks import lora_requests
 from engine.plan import DetailerPlan, SamplerSpec
 from engine.prompts.parser import extract_extra_networks
-from engine.translate.common import SAME_CHECKPOINT, SAME_SAMPLER, multiple_of_8, sampler_options
+from engine.settings import Settings
+from engine.translate.common import (
+    MAX_DILATE_ERODE,
+    MAX_MASK_BLUR,
+    SAME_CHECKPOINT,
+    SAME_SAMPLER,
+    bounded_int,
+    check_prompt_length,
+    multiple_of_8,
+    sampler_options,
+)
 from engine.translate.faces import face_restoration_plan
 
 
 SAME_VAE = ("None", "Use same VAE")  # ADetailer keeps the generation's VAE for these
 
 
-def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options):
+def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options, settings: Settings):
     """ADetailer's inner img2img per unit (`get_i2i_p`): its own steps, cfg, sampler, size... when its
-    `ad_use_*` flags say so, else the request's; the size is the *base* size even under hires fix."""
+    `ad_use_*` flags say so, else the request's; the size is the *base* size even under hires fix. The unit's
+    own steps, size and prompts are bounded by `settings` as the request's are."""
     plans = []
     for position, unit in adetailer.active_units:
+        _check_unit_bounds(unit, lambda key, position=position: adetailer.field(position, key), settings)
         unit_sampler = sampler
         if unit.ad_use_sampler:
             same = unit.ad_sampler in SAME_SAMPLER
@@ -64,3 +77,19 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
             )
         )
     return tuple(plans)
+
+
+def _check_unit_bounds(unit, field, settings: Settings) -> None:
+    """What a unit makes the worker do, within the request limits (ADetailer itself allows any step count and
+    sizes up to 4096 × 4096); only the values the unit's `ad_use_*` flags put to use."""
+    if unit.ad_use_steps:
+        bounded_int(unit.ad_steps, field("ad_steps"), 1, settings.max_steps)
+    if unit.ad_use_inpaint_width_height:
+        width, height = unit.ad_inpaint_width, unit.ad_inpaint_height
+        if width * height > settings.max_pixels:
+            raise RequestError(field("ad_inpaint_width"), f"ad_inpaint_width × ad_inpaint_height is {width}x{height}; "
+                                                          f"at most {settings.max_pixels} pixels accepted")
+    bounded_int(unit.ad_mask_blur, field("ad_mask_blur"), 0, MAX_MASK_BLUR)
+    bounded_int(unit.ad_dilate_erode, field("ad_dilate_erode"), -MAX_DILATE_ERODE, MAX_DILATE_ERODE)
+    for key in ("ad_prompt", "ad_negative_prompt"):
+        check_prompt_length(getattr(unit, key), field(key), settings.max_prompt_chars)

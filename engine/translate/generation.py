@@ -16,6 +16,7 @@ from engine.settings import Settings
 from engine.translate.alwayson import apply_builtin_scripts
 from engine.translate.common import (
     bounded_int,
+    check_prompt_lengths,
     image_size,
     is_img2img,
     noise_spec,
@@ -55,6 +56,7 @@ def plan_generation(
         seeds: (seeds, subseeds) per image when a prompt script set them; None: A1111's seed + i.
     """
     reject_unsupported(request)
+    check_prompt_lengths(request, settings.max_prompt_chars)
     options = {**(defaults or {}), **read_override_settings(request.override_settings or {})}
     batch_size = batch_size or bounded_int(request.batch_size, "batch_size", 1, settings.max_batch_images)
     n_iter = bounded_int(request.n_iter, "n_iter", 1, settings.max_batch_images)
@@ -70,7 +72,9 @@ def plan_generation(
     sampler = SamplerSpec(choice, sampler_options(request, choice, options))
     adetailer = parse_adetailer_args(request.alwayson_scripts)
     refiner, refiner_notes = refiner_plan(request, options)
-    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img)
+    control_units = parse_controlnet_args(request.alwayson_scripts, img2img=img2img,
+                                          limits=settings.limits_for_images("controlnet"),
+                                          max_units=settings.max_control_units)
     if refiner is not None and control_units:
         # A1111's ControlNet hooks the base UNet only; after the switch its units would silently stop.
         raise UnsupportedError(
@@ -96,7 +100,7 @@ def plan_generation(
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
-        detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
+        detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options, settings),
         face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
         face_swap=parse_reactor_args(request.alwayson_scripts, img2img=img2img),

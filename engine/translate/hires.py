@@ -1,5 +1,6 @@
 """Hires fix's second pass, as A1111 plans it (`StableDiffusionProcessingTxt2Img.init`, `calculate_target_resolution`)."""
 
+import math
 from typing import Any
 
 from engine import samplers
@@ -28,10 +29,13 @@ def hires_plan(request, settings, first: GenerationPlan, options):
     extra: list[tuple[str, Any]] = [("Denoising strength", request.denoising_strength)]
     if not resize_x and not resize_y:
         scale = request.hr_scale if request.hr_scale is not None else 2.0
+        if not math.isfinite(scale):
+            raise RequestError("hr_scale", f"must be a finite number, got {scale}")
         if scale <= 0:
             raise RequestError("hr_scale", f"must be positive, got {scale}")
         target = (int(width * scale), int(height * scale))
         size_params = [("Hires upscale", scale)]
+        size_field = "hr_scale"
     else:
         if resize_x < 0 or resize_y < 0:
             raise RequestError("hr_resize_x", "hr_resize_x and hr_resize_y must be ≥ 0")
@@ -40,9 +44,10 @@ def hires_plan(request, settings, first: GenerationPlan, options):
             # Cover the box keeping the aspect ratio, then cut the latent's centre (A1111 truncate_x/y).
             crop = ((target[0] - resize_x) // 8, (target[1] - resize_y) // 8)
         size_params = [("Hires resize", f"{resize_x}x{resize_y}")]
+        size_field = "hr_resize_x" if resize_x else "hr_resize_y"
     if target[0] < 8 or target[1] < 8 or target[0] * target[1] > settings.max_pixels:
         raise RequestError(
-            "hr_scale", f"the hires size {target[0]}x{target[1]} must be within {settings.max_pixels} pixels"
+            size_field, f"the hires size {target[0]}x{target[1]} must be within {settings.max_pixels} pixels"
         )
 
     hr_steps = request.hr_second_pass_steps or steps

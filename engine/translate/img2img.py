@@ -5,10 +5,12 @@ from typing import Any
 
 from engine.control.units import with_init_image
 from engine.errors import RequestError
-from engine.imaging.decode import decode_image
+from engine.imaging.decode import check_image_count, decode_image
+from engine.imaging.limits import ImageLimits
 from engine.plan import GenerationPlan, InitPlan
 from engine.prompts.styles import StyleDatabase
 from engine.settings import Settings
+from engine.translate.common import MAX_MASK_BLUR, bounded_int
 from engine.translate.generation import plan_generation, prepare_request
 from engine.wire.img2img import Img2ImgRequest
 
@@ -28,13 +30,16 @@ def to_img2img_plan(
     request, rewrite_warnings, vae_tiling, prompts = prepare_request(request, styles, settings, defaults)
     if not request.init_images:
         raise RequestError("init_images", "is required: a list of base64-encoded images")
-    images = tuple(decode_image(text, f"init_images[{i}]")[0] for i, text in enumerate(request.init_images))
+    # Counts first: no image is decoded for a request refused for how many it sends.
+    limits = settings.limits_for_images("init_images")
+    check_image_count(request.init_images, "init_images", limits)
     requested_batch = request.batch_size or 1
-    if len(images) > 1 and len(images) > requested_batch:
+    if len(request.init_images) > 1 and len(request.init_images) > requested_batch:
         # A1111: "bad number of images passed".
         raise RequestError(
-            "init_images", f"holds {len(images)} images; at most batch_size ({requested_batch})"
+            "init_images", f"holds {len(request.init_images)} images; at most batch_size ({requested_batch})"
         )
+    images = tuple(decode_image(text, f"init_images[{i}]", limits)[0] for i, text in enumerate(request.init_images))
     plan, options = plan_generation(
         request, settings, defaults, batch_size=len(images) if len(images) > 1 else None, img2img=True,
         prompt_infotext=prompts.infotext, seeds=prompts.seeds,
@@ -46,8 +51,9 @@ def to_img2img_plan(
         images=images,
         strength=min(strength, 0.999),
         resize_mode=_choice(request.resize_mode, RESIZE_MODES, "resize_mode"),
-        mask=_mask(request, images[0].size),
-        latent_mask=decode_image(request.latent_mask, "latent_mask")[0] if request.latent_mask else None,
+        mask=_mask(request, images[0].size, settings.limits_for_images("mask")),
+        latent_mask=(decode_image(request.latent_mask, "latent_mask", settings.limits_for_images("mask"))[0]
+                     if request.latent_mask else None),
         mask_blur=_mask_blur(request),
         invert_mask=bool(request.inpainting_mask_invert),
         mask_round=request.mask_round is not False,
@@ -87,10 +93,10 @@ def _choice(value: int | None, names: tuple[str, ...], field: str) -> int:
     return value
 
 
-def _mask(request: Img2ImgRequest, size: tuple[int, int]):
+def _mask(request: Img2ImgRequest, size: tuple[int, int], limits: ImageLimits):
     if not request.mask:
         return None
-    mask, _ = decode_image(request.mask, "mask")
+    mask, _ = decode_image(request.mask, "mask", limits)
     if mask.size != size:
         # A1111 resizes the mask with the image; a different size is almost always a client mistake.
         raise RequestError("mask", f"is {mask.size[0]}x{mask.size[1]}, the init image {size[0]}x{size[1]}")
@@ -98,10 +104,12 @@ def _mask(request: Img2ImgRequest, size: tuple[int, int]):
 
 
 def _mask_blur(request: Img2ImgRequest) -> tuple[int, int]:
-    """`mask_blur` sets both axes (A1111's property setter); else mask_blur_x / mask_blur_y."""
+    """`mask_blur` sets both axes (A1111's property setter); else mask_blur_x / mask_blur_y. Each within
+    0..MAX_MASK_BLUR (A1111's slider)."""
     if request.mask_blur is not None:
-        return request.mask_blur, request.mask_blur
+        blur = bounded_int(request.mask_blur, "mask_blur", 0, MAX_MASK_BLUR)
+        return blur, blur
     return (
-        request.mask_blur_x if request.mask_blur_x is not None else 4,
-        request.mask_blur_y if request.mask_blur_y is not None else 4,
+        bounded_int(request.mask_blur_x if request.mask_blur_x is not None else 4, "mask_blur_x", 0, MAX_MASK_BLUR),
+        bounded_int(request.mask_blur_y if request.mask_blur_y is not None else 4, "mask_blur_y", 0, MAX_MASK_BLUR),
     )

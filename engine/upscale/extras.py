@@ -6,13 +6,15 @@ import html
 import io
 import json
 import logging
+import math
 from typing import Any, Literal
 
 from PIL import Image, PngImagePlugin
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import RequestError, UnsupportedError
-from engine.imaging.decode import decode_image
+from engine.imaging.decode import DEFAULT_LIMITS, decode_image
+from engine.imaging.limits import ImageLimits
 from engine.imaging.png import PNG_OPTIONS
 from engine.upscale.pixel import PixelUpscaler
 from engine.upscale.registry import Upscalers
@@ -49,13 +51,15 @@ class ExtrasSingleImageRequest(BaseModel):
         return parse_model(cls, payload, "extra-single-image payload")
 
 
-def extra_single_image(payload: Any, upscalers: Upscalers, max_pixels: int | None = None) -> dict[str, str]:
+def extra_single_image(payload: Any, upscalers: Upscalers, max_pixels: int | None = None,
+                       limits: ImageLimits = DEFAULT_LIMITS) -> dict[str, str]:
     """Serve `/sdapi/v1/extra-single-image`.
 
     Args:
         payload: the A1111 request body.
         upscalers: the engine's upscaler registry.
         max_pixels: refuse results larger than this many pixels (None: no limit).
+        limits: bounds on the input image (base64 length, pixels).
 
     Returns:
         `{"html_info": "<p>…</p>", "image": "<base64 PNG>"}`, the PNG carrying a `postprocessing` text chunk
@@ -63,7 +67,7 @@ def extra_single_image(payload: Any, upscalers: Upscalers, max_pixels: int | Non
     """
     request = ExtrasSingleImageRequest.parse(payload)
     _reject_face_restoration(request)
-    image, texts = decode_image(request.image)
+    image, texts = decode_image(request.image, "image", limits)
     result, info = upscale_for_extras(image, request, upscalers, max_pixels)
     infotext = ", ".join(f"{key}: {_quote(value)}" for key, value in info.items())
     return {
@@ -123,6 +127,9 @@ def _pixel_upscaler(name: str, field: str, upscalers: Upscalers) -> PixelUpscale
 def _check_result_size(
     image: Image.Image, scale: float, request: ExtrasSingleImageRequest, max_pixels: int | None
 ):
+    if not math.isfinite(scale):
+        field = "upscaling_resize_w" if request.resize_mode == 1 else "upscaling_resize"
+        raise RequestError(field, f"must give a finite scale, got {scale}")
     if request.resize_mode == 1 and request.upscaling_crop:
         size, field = (request.upscaling_resize_w, request.upscaling_resize_h), "upscaling_resize_w"
     else:
