@@ -3,9 +3,10 @@ embedded. Then the IP-Adapter is installed around the generation and each denois
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ class ControlRequest:
         unit = self.face_unit.unit
         with ExitStack() as installed:
             for unet in {id(unet): unet for unet in unets}.values():
+                _check_adapter_fits(unit, self.face_unit.weights, unet)
                 adapter = installed.enter_context(ip_adapter_installed(unet, self.face_unit.weights, unit.weight))
                 self._adapters[id(unet)] = adapter
             try:
@@ -244,6 +246,15 @@ def _resolve_model(unit: ControlUnit, catalog, notes: list[str]):
     if found.hash_matched is False:
         notes.append(f"ControlNet model {unit.model!r}: no file has that hash; used {found.entry.title}")
     return found.entry
+
+
+def _check_adapter_fits(unit: ControlUnit, weights: Mapping[str, Mapping[str, Any]], unet) -> None:
+    """The IP-Adapter's key/value projections read the UNet's text context: their input width must be the
+    UNet's cross-attention width (InstantID's adapter is SDXL's; diffusers would fail deep in its loader)."""
+    widths = {tuple(tensor.shape)[-1] for name, tensor in weights["ip_adapter"].items() if "to_k_ip" in name}
+    if widths != {unet.config.cross_attention_dim}:
+        raise RequestError(unit.field("model"), f"{unit.model!r} does not fit this checkpoint (an IP-Adapter for "
+                                                "another model family, e.g. SDXL vs SD1.5)")
 
 
 def _check_fits(unit: ControlUnit, model, unet, face_tokens: FaceTokens | None) -> None:
