@@ -10,6 +10,8 @@ Each file is downloaded into `<models>/.downloads/` and renamed into place only 
 (where known) check out, so a file at its destination is always complete. The worker never downloads.
 Most files come from the Hugging Face Hub; the face restoration weights come from the GitHub releases A1111
 downloads them from (`--only face-restoration`; CodeFormer's weights are for non-commercial use only).
+ReActor's swap model and insightface's buffalo_l pack (`--only reactor`, unpacked from insightface's zip) are
+likewise for non-commercial research only.
 """
 
 import argparse
@@ -19,9 +21,10 @@ import os
 import shutil
 import sys
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -49,6 +52,11 @@ UPSCALER_REPO = "lllyasviel/Annotators"
 # `gfpgan_model.py`, and facexlib's detection/parsing URLs, saved in models/GFPGAN by `patch_facexlib`).
 GITHUB_RELEASES = "https://github.com/{repo}/releases/download/{tag}/{file}"
 FACE_RESTORATION_GROUPS = ("face-restoration", "codeformer", "gfpgan")
+# ReActor: the swap model from the Hub dataset its install.py downloads from, and the buffalo_l pack from the
+# insightface release that `FaceAnalysis(name="buffalo_l")` fetches (ReActor lets insightface download it).
+REACTOR_REPO = "Gourieff/ReActor"
+BUFFALO_L_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+BUFFALO_L_FILES = ("det_10g.onnx", "w600k_r50.onnx", "genderage.onnx", "1k3d68.onnx", "2d106det.onnx")
 URL_CHUNK_BYTES = 1024 * 1024
 
 # What `StableDiffusionPipeline.from_single_file(path, config=<folder>, local_files_only=True)` reads from a
@@ -99,6 +107,9 @@ class Item:
     revision: str | None = None  # a commit, for files whose bytes changed upstream; None = main
     repo_type: str | None = None  # "space" for a file in a Space; None = a model repository
     url: str | None = None  # a direct download (a GitHub release asset) instead of the Hub; repo_id names its repo
+    # A zip archive: these members (matched by file name, wherever the zip puts them) are unpacked into the
+    # folder `dest`, and the archive is not kept.
+    unpack: tuple[str, ...] = ()
 
 
 def _release_item(name: str, repo: str, tag: str, file: str, dest: str, size: int, sha256: str,
@@ -169,6 +180,11 @@ MANIFEST: tuple[Item, ...] = (
     _release_item("GFPGANv1.4", "TencentARC/GFPGAN", "v1.3.0", "GFPGANv1.4.pth", "GFPGAN/GFPGANv1.4.pth",
                   348_632_874, "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
                   ("face-restoration", "gfpgan")),
+    # ReActor (not in the default set; insightface's models are for non-commercial research only).
+    Item("inswapper_128", "insightface", REACTOR_REPO, "models/inswapper_128.onnx", "insightface/inswapper_128.onnx",
+         default=False, groups=("reactor",), repo_type="dataset"),
+    Item("buffalo_l", "insightface", "deepinsight/insightface", "buffalo_l.zip", "insightface/models/buffalo_l",
+         default=False, groups=("reactor",), url=BUFFALO_L_URL, unpack=BUFFALO_L_FILES),
     # The face detector and parser both restorers need.
     _release_item("facexlib-detection", "xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth",
                   "GFPGAN/detection_Resnet50_Final.pth", 109_497_761,
@@ -295,6 +311,11 @@ def status(item: Item, root: Path) -> str:
     """"present" (complete), "demo" (a random-weight demo file), "incomplete" (the wrong size or checksum)
     or "missing". A file whose size is not in the manifest is checked by its sha256, where that is known."""
     path = root / item.dest
+    if item.unpack:
+        members = [f"{item.dest}/{name}" for name in item.unpack]
+        if not all((root / member).is_file() for member in members):
+            return "missing"
+        return "demo" if demo_files(root) & set(members) else "present"
     if not path.is_file():
         return "missing"
     if item.dest in demo_files(root):
@@ -390,10 +411,36 @@ def install(item: Item, root: Path, fetch: Fetch) -> Path:
         staged.unlink(missing_ok=True)  # never offer a bad file again, not even to a later run
         raise
     dest = root / item.dest
+    if item.unpack:
+        unpack(item, staged, dest)
+        for name in item.unpack:
+            forget_demo_file(root, f"{item.dest}/{name}")
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, dest)
     forget_demo_file(root, item.dest)
     return dest
+
+
+def unpack(item: Item, archive: Path, folder: Path) -> None:
+    """Put the members `item.unpack` names from the zip `archive` into `folder` (each renamed into place once
+    written whole), then delete the archive.
+
+    Raises:
+        DownloadError: the archive lacks a member.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as bundle:
+        members = {PurePosixPath(info.filename).name: info for info in bundle.infolist() if not info.is_dir()}
+        missing = [name for name in item.unpack if name not in members]
+        if missing:
+            raise DownloadError(f"{item.name}: {item.filename} has no {', '.join(missing)}")
+        for name in item.unpack:
+            partial = folder / f".{name}.part"
+            with bundle.open(members[name]) as source, partial.open("wb") as target:
+                shutil.copyfileobj(source, target)
+            os.replace(partial, folder / name)
+    archive.unlink()
 
 
 def verify(item: Item, path: Path) -> None:

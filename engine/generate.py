@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from engine.detailer.run import DetailTarget, detail_image
+from engine.faceswap.run import swap_faces
 from engine.img2img import img2img_pass
 from engine.networks.lora import lora_hashes_infotext
 from engine.networks.session import LoraSession
@@ -81,6 +82,7 @@ class Models:
     # (units, (width, height), seed) → ControlRequest: ADetailer's own ControlNet, prepared per inpaint pass.
     make_control: Callable | None = None
     loras: LoraSession | None = None  # the request's LoRAs, activated pass by pass; None: no LoRAs
+    face_swap: object | None = None  # engine.faceswap.run.FaceSwapStage: ReActor, prepared before generation
 
     def pipelines(self) -> list[A1111Pipeline]:
         """Every checkpoint the request may run, each once (tiling pads all their convolutions)."""
@@ -118,7 +120,7 @@ def generate(
     stop: StopSignal | None = None,
 ) -> GenerationOutput:
     """Run a plan, one batch per A1111 iteration (`n_iter`): base pass (txt2img or img2img), hires fix,
-    decode, face restoration, then ADetailer on each finished image.
+    decode, face restoration, then ADetailer and ReActor on each finished image.
 
     `stop` ends sampling early as A1111's interrupt and skip do (see `engine.stopping`): the pass under way
     returns its latest denoised estimate, which is decoded and kept; after an interrupt (or timeout) no hires
@@ -159,7 +161,12 @@ def generate(
                 )
 
         # 5. ADetailer: on every finished image (after hires fix), as A1111's postprocess_image hook.
-        output.images += _detail_all(plan, models, images, batch, progress("adetailer"), output, stop)
+        images = _detail_all(plan, models, images, batch, progress("adetailer"), output, stop)
+        # 6. ReActor: the same hook, after ADetailer (A1111 runs extensions in folder order); skipped once
+        # interrupted, as ReActor checks A1111's interrupt first.
+        if not stop.interrupted:
+            images = swap_faces(models.face_swap, images, noise.seeds, batch.start, output)
+        output.images += images
         if stop.took_effect():
             output.notes.append(
                 f"{stop.reason}: the images of batch {iteration + 1} of {plan.n_iter} are unfinished"
@@ -224,8 +231,9 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
         sampler=hires.sampler,
         steps_total=hires.schedule_length,
         steps_run=hires.num_inference_steps,
+        # A1111 conditions the pass at hr_upscale_to_x/y, the size before the centre crop.
         shape=base.shape.hires_pass(
-            height, width, hires.num_inference_steps, hires.sampler.choice.second_order
+            hires.height, hires.width, hires.num_inference_steps, hires.sampler.choice.second_order
         ),
     )
     # A1111 activates the networks of hr_prompt for this pass (the first pass's when hr_prompt is empty).

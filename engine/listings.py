@@ -374,3 +374,25 @@ def controlnet_detect(engine, payload: dict[str, Any]) -> dict[str, Any]:
     from engine.control import api
 
     return api.detect(engine.catalog, payload, engine.control_models)
+
+
+def reactor_models(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /reactor/models`: the swap models (ONNX files directly in models/insightface), by file name."""
+    return {"models": list(engine.face_swap.swap_models())}
+
+
+def reactor_upscalers(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /reactor/upscalers`: the names ReActor's upscaler arg accepts (A1111's image upscalers)."""
+    return {"upscalers": [upscaler["name"] for upscaler in engine.upscalers.listing()]}
+
+
+def reactor_facemodels(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`GET /reactor/facemodels`: ReActor's face models (models/reactor/faces), named without the extension."""
+    return {"facemodels": [name.split(".")[0] for name in engine.face_swap.face_models()]}
+
+
+def reactor_image(engine, payload: dict[str, Any]) -> dict[str, str]:
+    """`POST /reactor/image`: ReActor on one target image, `{"image": base64}`."""
+    from engine.faceswap.api import swap_image
+
+    return swap_image(engine, payload)

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "emphasis": "Original",
     "comma_padding_backtrack": 20,
     "sdxl_clip_l_skip": False,
+    "pad_cond_uncond": False,
     "tiling": False,
     "hires_fix_refiner_pass": "second pass",
     "refiner_switch_by_sample_steps": False,

@@ -162,6 +162,7 @@ class GenerationPlan:
     detailers: tuple[DetailerPlan, ...] = ()
     face_restoration: FaceRestorationPlan | None = None  # after each image is decoded, before ADetailer
     refiner: RefinerPlan | None = None
+    face_swap: Any | None = None  # engine.faceswap.args.ReactorArgs: ReActor, after ADetailer
     tiling: bool = False  # A1111 `tiling`: circular padding in every UNet and VAE convolution
     # A1111's extra_generation_params for the infotext, in insertion order.
     infotext_extra: tuple[tuple[str, Any], ...] = ()

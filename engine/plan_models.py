@@ -37,6 +37,7 @@ def resolve_models(engine, plan: GenerationPlan, checkpoint: CheckpointEntry) ->
     catalog = engine.catalog
     hires = plan.hires
     _check_restorers(engine, plan)
+    _check_face_swap(engine, plan)
     return ResolvedModels(
         checkpoint=checkpoint,
         vae=engine.vaes.resolve(plan.vae, checkpoint),
@@ -67,6 +68,20 @@ def _check_restorers(engine, plan: GenerationPlan) -> None:
     for restoration in (plan.face_restoration, *(unit.face_restoration for unit in plan.detailers)):
         if restoration is not None:
             engine.restorers.resolve(restoration.model, restoration.field)
+
+
+def _check_face_swap(engine, plan: GenerationPlan) -> None:
+    """ReActor's swap model, analysis pack, face model, restorer and upscaler: found by name now."""
+    args = plan.face_swap
+    if args is None:
+        return
+    from engine.faceswap.args import field
+
+    engine.face_swap.resolve(args)
+    if args.face_restorer is not None:
+        engine.restorers.resolve(args.face_restorer, field("face_restorer"))
+    if args.upscaler is not None:
+        engine.upscalers.pixel(args.upscaler, field("upscaler"))
 
 
 def _restorer(engine, restoration):

@@ -14,6 +14,8 @@ from engine.control.models import ControlModels
 from engine.control.request import prepare_control
 from engine.detailer.detect import DetectorCache
 from engine.errors import RequestError
+from engine.faceswap.models import FaceSwapModels
+from engine.faceswap.run import prepare_stage
 from engine.generate import GenerationOutput, Models, Progress, generate
 from engine.imaging.png import PNG, ImageEncoding, encode_base64
 from engine.imaging.vae_tiling import VaeTiling
@@ -104,6 +106,7 @@ class Engine:
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
         self.restorers = FaceRestorers(self.catalog, self.precision.device)
+        self.face_swap = FaceSwapModels(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
         self.styles = StyleDatabase(styles_file_candidates(settings.models_dir, settings.styles_file))
@@ -113,6 +116,7 @@ class Engine:
             self.precision.device,
             self.precision.dtype,
             catalog=self.catalog,
+            prepare=settings.speedups.prepare_denoiser,
         )
         self._generation_lock = threading.Lock()
 
@@ -198,6 +202,9 @@ class Engine:
             models = load_models(self, plan, resolved)
             if plan.vae_tiling is not None:
                 models = _with_vae_tiling(models, plan.vae_tiling)
+            if plan.face_swap is not None:
+                # ReActor's models and source face, loaded and analysed before any denoising.
+                models = replace(models, face_swap=prepare_stage(plan.face_swap, self))
             if any(unit.controlnet is not None for unit in plan.detailers):
                 models = replace(models, make_control=self._detailer_control)
             if plan.control_units:
@@ -336,6 +343,11 @@ class Engine:
             lambda: load_pipeline(entry.path, self.settings.config_roots, self.precision),
         )
         pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
+        speedups = self.settings.speedups
+        speedups.prepare_denoiser(pipeline.unet)
+        if speedups.sdxl_vae_fp16_fix and pipeline.is_sdxl:
+            fixed = self.vaes.fp16_fixed(entry, self.precision)
+            pipeline = pipeline.with_vae(fixed) if fixed is not None else pipeline
         logger.info(
             "loaded %s in %.1f s on %s", entry.name, time.perf_counter() - started, self.precision.device
         )

@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.speedups import SpeedUps
+
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,8 @@ class Settings:
     preload: tuple[str, ...] = ()
     # A1111 styles files (paths or wildcards, comma-separated); None: styles.csv beside or in the models folder.
     styles_file: str | None = None
+    # Opt-in speed-ups (torch.compile, channels-last, fp16-fixed SDXL VAE, pad_cond_uncond); all off by default.
+    speedups: SpeedUps = field(default_factory=SpeedUps)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -52,8 +56,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated) and `STYLES_FILE`
-        from the environment."""
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated), `STYLES_FILE` and
+        the speed-up switches (`engine.speedups.SpeedUps.from_env`) from the environment."""
         from engine.resources.catalog import locate_models_root
 
         env = os.environ if env is None else env
@@ -74,6 +78,7 @@ class Settings:
             "job_timeout_s": _positive_float(env, "JOB_TIMEOUT_S"),
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
             "styles_file": env.get("STYLES_FILE") or None,
+            "speedups": SpeedUps.from_env(env),
         }
         values = {k: v for k, v in values.items() if v is not None}
         return replace(settings, **{**values, **overrides})

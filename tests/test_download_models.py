@@ -355,7 +355,7 @@ def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
 
 
 def test_release_files_come_from_a1111s_urls():
-    urls = {item.name: item.url for item in dm.MANIFEST if item.url}
+    urls = {item.name: item.url for item in dm.MANIFEST if item.url and item.groups != ("reactor",)}
     assert urls == {
         "codeformer-v0.1.0": "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
         "GFPGANv1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
@@ -387,3 +387,64 @@ def test_url_fetch_downloads_into_staging_and_restarts_when_ranges_are_not_serve
     finally:
         server.shutdown()
     assert path.read_bytes() == b"0123456789" * 1000
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def reactor_hub(buffalo_members: dict[str, bytes]):
+    return FakeHub(lambda repo, file: zip_of(buffalo_members) if file == "buffalo_l.zip" else content_of(repo, file))
+
+
+def test_reactor_models_land_where_reactor_looks(tmp_path):
+    """`--only reactor`: the swap model loose in insightface/, the buffalo_l zip unpacked (from any folder inside
+    it) into insightface/models/buffalo_l without the archive; a second run fetches nothing."""
+    from engine.resources.catalog import ModelCatalog
+
+    members = {f"buffalo_l/{name}": name.encode() for name in dm.BUFFALO_L_FILES}
+    hub = reactor_hub(members)
+    assert run(tmp_path, "--only", "reactor", fetch=hub) == 0
+    assert sorted(hub.calls) == ["buffalo_l", "inswapper_128"]
+    folder = tmp_path / "insightface/models/buffalo_l"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(dm.BUFFALO_L_FILES)
+    assert (folder / "genderage.onnx").read_bytes() == b"genderage.onnx"
+    assert (tmp_path / "insightface/inswapper_128.onnx").read_bytes() == content_of(
+        "Gourieff/ReActor", "models/inswapper_128.onnx")
+    names = [entry.name for entry in ModelCatalog(tmp_path).entries("insightface")]
+    assert names == ["inswapper_128.onnx", "models/buffalo_l"]
+    assert run(tmp_path, "--only", "reactor", fetch=no_network) == 0
+
+
+def test_zip_without_a_member_is_a_clear_error(tmp_path, capsys):
+    hub = reactor_hub({"det_10g.onnx": b"d"})
+    assert run(tmp_path, "--only", "buffalo_l", fetch=hub) != 0
+    assert "buffalo_l: buffalo_l.zip has no w600k_r50.onnx" in capsys.readouterr().err
+    assert not (tmp_path / "insightface/models/buffalo_l/w600k_r50.onnx").exists()
+
+
+def test_demo_buffalo_l_is_replaced_by_the_real_pack(tmp_path):
+    from engine.faceswap.demo import write_tiny_reactor_models
+
+    write_tiny_reactor_models(tmp_path)
+    from engine.demo.models import _record_demo_files
+
+    _record_demo_files(tmp_path, list((tmp_path / "insightface").rglob("*.onnx")))
+    buffalo = next(item for item in dm.MANIFEST if item.name == "buffalo_l")
+    assert dm.status(buffalo, tmp_path) == "missing"  # the demo pack has no landmark models
+    members = {name: name.encode() for name in dm.BUFFALO_L_FILES}
+    assert run(tmp_path, "--only", "buffalo_l", fetch=reactor_hub(members)) == 0
+    assert dm.status(buffalo, tmp_path) == "present"
+    assert not any(name.startswith("insightface/models/buffalo_l") for name in dm.demo_files(tmp_path))
+
+
+def test_buffalo_l_comes_from_the_release_insightface_downloads():
+    buffalo = next(item for item in dm.MANIFEST if item.name == "buffalo_l")
+    assert buffalo.url == "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"

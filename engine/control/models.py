@@ -52,12 +52,14 @@ class ControlModels:
     `catalog` that lists them, a damaged or vanished file is reported by name and nothing is cached for it."""
 
     def __init__(self, models_root: Path, config_roots: Sequence[Path], device: torch.device,
-                 dtype: torch.dtype, capacity: int = 2, catalog=None):
+                 dtype: torch.dtype, capacity: int = 2, catalog=None, prepare=None):
         self.models_root = Path(models_root)
         self.catalog = catalog
         self.config_roots = tuple(Path(root) for root in config_roots)
         self.device = torch.device(device)
         self.dtype = dtype
+        # Applied to each loaded ControlNet (the worker's opt-in speed-ups: channels-last, compilation).
+        self.prepare = prepare
         self._controlnets = ResidentCache(self._checked(self._load_controlnet), capacity)
         self._ip_adapters = ResidentCache(self._checked(self._load_ip_adapter), 1)
         self._face_analysers = ResidentCache(lambda pack: FaceAnalyser(pack, self.device.type), 1)
@@ -111,7 +113,10 @@ class ControlModels:
                     model.register_to_config(global_pool_conditions=True)
         if model.device != self.device:
             model = model.to(self.device)
-        return model.eval().requires_grad_(False)
+        model = model.eval().requires_grad_(False)
+        if self.prepare is not None and kind != ADAPTER:
+            model = self.prepare(model)
+        return model
 
     def _load_ip_adapter(self, path: Path) -> dict[str, dict[str, torch.Tensor]]:
         weights = read_ip_adapter(path)

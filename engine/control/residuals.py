@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.control.instantid import EMBEDDING_SIZE, FaceTokens, InstalledAdapter
+from engine.sampling.transfer import to_device
 
 
 SOFT_BASE = 0.825
@@ -94,8 +95,9 @@ class ControlNetPass:
         chosen = [row for row, cond in enumerate(rows.cond) if cond or not self.cond_only]
         if not chosen:
             return None
-        index = torch.tensor(chosen, device=x.device)
-        dtype = self.model.dtype
+        # Built on the host and queued to the device: `torch.tensor(..., device="cuda")` would wait for the GPU.
+        index = to_device(torch.tensor(chosen), x.device)
+        dtype = self.hint.dtype  # the model's (`ModelMixin.dtype` walks every submodule at each call)
         if self.face_tokens is not None:
             context = torch.cat([self.face_tokens.cond if rows.cond[row] else self.face_tokens.uncond
                                  for row in chosen])
@@ -146,7 +148,7 @@ class AdapterPass:
             return None
         factors = ADAPTER_SOFT if self.soft else (1.0,) * len(self.features)
         scales = [self.weight * factor for factor in factors[: len(self.features)]]
-        index = torch.tensor(chosen, device=device)
+        index = to_device(torch.tensor(chosen), device)
         outputs = [feature.to(device).expand(len(chosen), -1, -1, -1) for feature in self.features]
         return _spread(outputs, scales, index, len(rows))
 

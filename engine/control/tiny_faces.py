@@ -26,15 +26,18 @@ ARCFACE_SIZE = 112
 ONNX_OPSET, ONNX_IR_VERSION = 13, 8
 
 
-def write_tiny_antelopev2(models_dir: Path, seed: int = 0, folder: Path = ANTELOPE_FOLDER) -> list[Path]:
+def write_tiny_antelopev2(
+    models_dir: Path, seed: int = 0, folder: Path = ANTELOPE_FOLDER, file_names=(DETECTOR_FILE, RECOGNISER_FILE)
+) -> list[Path]:
     """The detector and recogniser of an antelopev2 pack, shaped so insightface routes them to SCRFD and
-    ArcFace (9 outputs; a square 112-pixel input)."""
+    ArcFace (9 outputs; a square 112-pixel input). Other packs (buffalo_l) pass their folder and file names."""
     import onnx
 
     folder = Path(models_dir) / folder
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in ((DETECTOR_FILE, _tiny_detector()), (RECOGNISER_FILE, _tiny_recogniser(seed))):
+    detector_file, recogniser_file = file_names
+    for name, model in ((detector_file, _tiny_detector()), (recogniser_file, _tiny_recogniser(seed))):
         onnx.checker.check_model(model)
         onnx.save(model, folder / name)
         written.append(folder / name)

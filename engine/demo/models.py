@@ -15,6 +15,7 @@ from engine.control.maps.demo import write_random_annotators
 from engine.demo.lora import write_tiny_lora
 from engine.demo.tiny import INPAINTING_IN_CHANNELS, write_tiny_checkpoint
 from engine.detailer.demo import write_tiny_yolo
+from engine.faceswap.demo import write_tiny_reactor_models
 from engine.restore.demo import write_tiny_face_restorers
 from engine.upscale.demo import write_tiny_esrgan
 
@@ -35,6 +36,7 @@ DEMO_WRITERS: tuple[Callable[[Path], list[Path]], ...] = (
     write_tiny_yolo,
     write_tiny_control_models,
     write_tiny_face_restorers,
+    write_tiny_reactor_models,
     write_tiny_control_families,
     write_random_annotators,  # the small ones; the large annotators only on request
 )

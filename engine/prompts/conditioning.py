@@ -41,6 +41,7 @@ class PassConditioning:
         extra_generation_params: dict[str, str],
         notes: tuple[str, ...],
         negative_time_ids: torch.Tensor | None = None,
+        pad_with: torch.Tensor | None = None,
     ):
         self.positives = positives
         self.negatives = negatives
@@ -49,6 +50,8 @@ class PassConditioning:
         self.negative_time_ids = time_ids if negative_time_ids is None else negative_time_ids
         self.extra_generation_params = extra_generation_params
         self.notes = notes
+        # A1111 `pad_cond_uncond`: the empty prompt's embedding (1, 77, width) that evens out token counts.
+        self.pad_with = pad_with
         self._last: tuple[tuple, StepConditioning] | None = None
 
     def __call__(self, call_index: int) -> StepConditioning:
@@ -69,6 +72,9 @@ class PassConditioning:
             row += len(rows)
         cond, cond_pooled = _stack(cond_rows, picks[0])
         uncond, uncond_pooled = _stack(self.negatives, picks[1])
+        if self.pad_with is not None and cond.shape[1] != uncond.shape[1]:
+            cond, uncond = pad_to_same_length(cond, uncond, self.pad_with)
+            self.extra_generation_params["Pad conds"] = True  # A1111's infotext entry
         plain = all(len(rows) == 1 and rows[0][1] == 1.0 for rows in self.positives)
         return StepConditioning(
             cond,
@@ -83,6 +89,17 @@ class PassConditioning:
         if time_ids is None:
             return None
         return {"text_embeds": pooled, "time_ids": time_ids.expand(len(pooled), -1)}
+
+
+def pad_to_same_length(cond: torch.Tensor, uncond: torch.Tensor, empty: torch.Tensor):
+    """A1111 `pad_cond_uncond` (`sd_samplers_cfg_denoiser.pad_cond`, AGPL-3.0): append whole empty-prompt
+    chunks to the shorter of cond and uncond so that they share one UNet batch."""
+    repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[1]
+    if repeats > 0:
+        uncond = torch.cat([uncond, empty.to(uncond).repeat(uncond.shape[0], repeats, 1)], dim=1)
+    elif repeats < 0:
+        cond = torch.cat([cond, empty.to(cond).repeat(cond.shape[0], -repeats, 1)], dim=1)
+    return cond, uncond
 
 
 def _stack(scheduled: Sequence[ScheduledEmbedding], picks: Sequence[int]):
@@ -190,6 +207,8 @@ def build_conditioning(
         negative_time_ids=_time_ids(pipe, shape, options.negative_aesthetic_score),
         extra_generation_params=log.params,
         notes=tuple(log.notes),
+        # A1111's `cond_stage_model_empty_prompt`: "" encoded as a prompt (not the zeroed SDXL negative).
+        pad_with=encoder.encode([""], options.clip_skip).embeds if options.pad_cond_uncond else None,
     )
 
 

@@ -29,6 +29,9 @@ class PromptOptions:
     # for the negative prompt (its added conditions hold one).
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
+    # A1111 `pad_cond_uncond`: pad the shorter of prompt and negative prompt with empty-prompt chunks, so both
+    # run in one batched UNet call (changes pixels slightly: the padded side attends to the extra chunks).
+    pad_cond_uncond: bool = False
 
     def __post_init__(self):
         if self.emphasis not in EMPHASIS_MODES:
@@ -70,6 +73,7 @@ OVERRIDE_SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sdxl_clip_l_skip": ("sdxl_clip_l_skip", _flag),
     "sdxl_refiner_high_aesthetic_score": ("aesthetic_score", _flag),
     "sdxl_refiner_low_aesthetic_score": ("negative_aesthetic_score", _flag),
+    "pad_cond_uncond": ("pad_cond_uncond", _flag),
 }
 
 

@@ -5,11 +5,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine.pipeline import A1111Pipeline
 from engine.resources.cache import ResidentCache
 from engine.resources.catalog import CheckpointEntry, ModelCatalog, VaeEntry
 from engine.resources.loader import Precision, checkpoint_config_folder, load_vae
 from engine.resources.model_files import load_listed
+from engine.speedups import is_fp16_fixed_vae
 
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,25 @@ class ExternalVaes:
 
     def resident(self) -> list[VaeKey]:
         return self._loaded.resident()
+
+    def fp16_fixed(self, checkpoint: CheckpointEntry, precision: Precision):
+        """The fp16-fixed SDXL VAE (`SDXL_VAE_FP16_FIX`) for `checkpoint`, kept in fp16, or None.
+
+        None when the device runs fp32 (nothing to avoid) or no VAE file in `models/VAE` is named like
+        madebyollin's `sdxl-vae-fp16-fix`. Its config is the checkpoint's with `force_upcast` off: the fix exists
+        so that decoding in fp16 does not overflow.
+        """
+        if precision.dtype != torch.float16:
+            return None
+        entry = next((vae for vae in self.catalog.vaes() if is_fp16_fixed_vae(vae.name)), None)
+        if entry is None:
+            logger.warning("SDXL_VAE_FP16_FIX is set but no fp16-fix VAE is in the VAE folder")
+            return None
+        config_folder = checkpoint_config_folder(checkpoint.path, self.config_roots)
+        vae = self._loaded.get(VaeKey(entry.path, config_folder))
+        vae.register_to_config(force_upcast=False)
+        logger.info("SDXL decodes with %s in fp16", entry.name)
+        return vae.to(precision.dtype)
 
     def _load(self, key: VaeKey):
         return load_listed(

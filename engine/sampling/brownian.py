@@ -4,6 +4,7 @@ import torch
 import torchsde
 
 from engine.sampling.noise import generator_device
+from engine.sampling.transfer import to_device
 
 
 class BrownianNoise:
@@ -40,4 +41,4 @@ class BrownianNoise:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         low, high, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
         increments = torch.stack([tree(low, high) for tree in self._trees]) * sign
-        return (increments / (t1 - t0).abs().sqrt()).to(device=x.device, dtype=x.dtype)
+        return to_device(increments / (t1 - t0).abs().sqrt(), x.device).to(x.dtype)

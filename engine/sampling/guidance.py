@@ -66,6 +66,8 @@ class GuidedUNet:
         self.control = control
         self.image_conditioning = image_conditioning
         self.rows_per_call = rows_per_call
+        # Read once: diffusers' `ModelMixin.dtype` walks every submodule, milliseconds at each UNet call.
+        self.dtype = unet.dtype
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, call_index: int) -> torch.Tensor:
@@ -122,7 +124,7 @@ class GuidedUNet:
         ])
 
     def _unet_rows(self, x, t, context, added, call_index: int, rows: "Rows") -> torch.Tensor:
-        dtype = self.unet.dtype
+        dtype = self.dtype
         x, context = x.to(dtype), context.to(dtype)
         added = {k: v.to(dtype) for k, v in added.items()} if added else None
         latent = x

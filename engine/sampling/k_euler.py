@@ -38,8 +38,12 @@ def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float)
 
 def _churned(x, sigmas, i, noise, params: SamplerParams):
     """Karras et al. (2022) Algorithm 2 "churn": raise σ by a factor (1 + γ) with fresh noise inside
-    [s_tmin, s_tmax]. The noise is drawn on every step, used or not, as k-diffusion does."""
+    [s_tmin, s_tmax]. With churn on, the noise is drawn on every step, used or not, as k-diffusion does (so
+    the draws that are used match A1111's); with s_churn 0 (A1111's default) no step uses it and none is drawn.
+    """
     sigma = sigmas[i]
+    if not params.s_churn:
+        return x, sigma
     steps = len(sigmas) - 1
     gamma = min(params.s_churn / steps, 2**0.5 - 1) if params.s_tmin <= sigma <= params.s_tmax else 0.0
     eps = noise(x, sigma, sigmas[i + 1]) * params.s_noise
@@ -131,14 +135,22 @@ def _lms_coefficient(order: int, sigmas, i: int, j: int) -> float:
     return integrate.quad(basis, sigmas[i], sigmas[i + 1], epsrel=1e-4)[0]
 
 
-def lms(x, sigmas, noise, params: SamplerParams, order: int = 4):
-    """Linear multistep over the last (up to) 4 derivatives, coefficients integrated numerically."""
+def lms_coefficients(sigmas: torch.Tensor, order: int = 4) -> list[list[float]]:
+    """Per step, the weights of the last (up to) `order` derivatives, newest first: host work done once per
+    schedule (the planning run and the real run share it)."""
     sigmas_host = sigmas.detach().cpu().numpy()
+    return [
+        [_lms_coefficient(min(i + 1, order), sigmas_host, i, j) for j in range(min(i + 1, order))]
+        for i in range(len(sigmas_host) - 1)
+    ]
+
+
+def lms(x, sigmas, noise, params: SamplerParams, order: int = 4, coefficients: list[list[float]] | None = None):
+    """Linear multistep over the last (up to) 4 derivatives, coefficients integrated numerically."""
+    coefficients = lms_coefficients(sigmas, order) if coefficients is None else coefficients
     derivatives = []
     for i in range(len(sigmas) - 1):
         x, denoised = yield x, sigmas[i]
         derivatives = [*derivatives, to_d(x, sigmas[i], denoised)][-order:]
-        current_order = min(i + 1, order)
-        coefficients = [_lms_coefficient(current_order, sigmas_host, i, j) for j in range(current_order)]
-        x = x + sum(c * d for c, d in zip(coefficients, reversed(derivatives), strict=False))
+        x = x + sum(c * d for c, d in zip(coefficients[i], reversed(derivatives), strict=False))
     return x

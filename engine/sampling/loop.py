@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 import torch
 
+from engine.sampling.transfer import to_device
+
 
 # (x_in, timestep, call_index) -> epsilon prediction
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -27,10 +29,14 @@ def denoise(
     `should_stop` is asked before every model call; once it answers yes, the loop ends and returns the
     sampler's latest denoised estimate (`prepared.last_denoised`), as A1111 returns `last_latent` when
     interrupted or skipped.
+
+    Nothing here waits for the GPU: the schedule is on the host, and the timesteps go to the latents'
+    device in one copy before the first step, so the UNet never copies a host timestep (a blocking
+    host-to-device copy, i.e. a sync) per call.
     """
     x = latents
     total = prepared.model_calls
-    for call_index, t in enumerate(prepared.timesteps):
+    for call_index, t in enumerate(device_timesteps(prepared.timesteps, latents.device)):
         if should_stop is not None and should_stop():
             return prepared.last_denoised
         x_in = prepared.scale_model_input(x, t)
@@ -39,3 +45,10 @@ def denoise(
         if on_step is not None:
             on_step(call_index, total, x)
     return x
+
+
+def device_timesteps(timesteps, device: torch.device):
+    """The planned timesteps on `device`, copied once; an adaptive run's live timesteps stay as they come."""
+    if not isinstance(timesteps, torch.Tensor) or timesteps.device == device:
+        return timesteps
+    return to_device(timesteps, device)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from engine.errors import UnsupportedError, choices
+from engine.sampling.transfer import to_device
 
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def make_generator(seed: int, device: torch.device | str, source: str) -> torch.
 def randn(shape: Sequence[int], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
     """One float32 draw of `shape` from `generator` (on the generator's device), moved to `device`."""
     drawn = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    return drawn.to(device)
+    return to_device(drawn, device)
 
 
 def randn_per_image(generators: Sequence[torch.Generator], shape: Sequence[int],

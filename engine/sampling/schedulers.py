@@ -122,6 +122,10 @@ def _sigma_space(request: _Request) -> SigmaSpace:
 def _sigma_function(request: _Request, model: DiscreteSigmas, run_sigmas: torch.Tensor):
     """The algorithm with everything bound except the first latent and the noise source."""
     params = _sampler_params(request.choice, request.options)
+    if request.algorithm == "lms":
+        # Integrate LMS's coefficients once for the planning run and the real one.
+        return functools.partial(k_euler.lms, sigmas=run_sigmas, params=params,
+                                 coefficients=k_euler.lms_coefficients(run_sigmas))
     if request.algorithm not in SOLVER_ALGORITHMS:
         return functools.partial(SIGMA_ALGORITHMS[request.algorithm], sigmas=run_sigmas, params=params)
     # A1111: txt2img solves between the model's extreme sigmas in `steps` evaluations; img2img between the
@@ -162,7 +166,8 @@ def _prepare_sigma_sampler(request: _Request) -> PreparedSampler:
         return PreparedSampler(algorithm, space, start_sigma=start_sigma, first_level=first_level,
                                timesteps=None)
     levels = plan_levels(planned)
-    timesteps = torch.stack([space.timestep(level).float() for level in levels])
+    # One vectorised σ → t lookup for the whole plan.
+    timesteps = space.timestep(torch.stack(levels)).float()
     return PreparedSampler(algorithm, space, start_sigma=start_sigma, first_level=levels[0],
                            timesteps=timesteps)
 

@@ -95,6 +95,8 @@ class PreparedSampler:
         self.start_sigma = float(start_sigma)
         self.timesteps = timesteps if timesteps is not None else _LiveTimesteps(self)
         self.model_calls = None if timesteps is None else len(timesteps)
+        self._planned_timesteps = None if timesteps is None else timesteps.tolist()
+        self._calls_made = 0
 
     def _start(self, sample: torch.Tensor) -> None:
         scale = self._entry_scale
@@ -137,10 +139,7 @@ class PreparedSampler:
         After the last evaluation this returns the final latent, the one A1111 decodes.
         """
         x, level = self._evaluation_point(sample)
-        expected = self._space.timestep(level)
-        if not torch.allclose(torch.as_tensor(timestep, dtype=torch.float32).cpu(), expected.float().cpu(),
-                              atol=1e-3):
-            raise ValueError(f"step() got timestep {float(timestep)}, the sampler expects {float(expected)}")
+        self._check_timestep(timestep, level)
         prediction = self._space.prediction(x, level, model_output)
         denoised = self._space.to_denoised(x, level, prediction)
         if self.denoised_filter is not None:
@@ -148,12 +147,30 @@ class PreparedSampler:
             prediction = self._space.from_denoised(x, level, denoised)
         self.last_denoised = denoised
         self._first_pending = False
+        self._calls_made += 1
         try:
             self._pending = self._run.send((x, prediction))
         except StopIteration as done:
             self.finished = True
             return done.value
         return self._space.to_loop(*self._pending)
+
+
+    def _check_timestep(self, timestep, level: torch.Tensor) -> None:
+        """Catch a loop that fed the wrong evaluation, without reading a device tensor.
+
+        A timestep on an accelerator is not compared: reading it would make the host wait for the GPU at every
+        step. The engine's loop hands over the device copy of `timesteps` (see `engine.sampling.loop`). A
+        host timestep is compared with the planned one for this call (computed once, before the loop).
+        """
+        if isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu":
+            return
+        planned = self._planned_timesteps
+        if planned is None:
+            return  # an adaptive run's loop reads each timestep from the pending level itself
+        expected = planned[self._calls_made]
+        if abs(float(timestep) - expected) > 1e-3:
+            raise ValueError(f"step() got timestep {float(timestep)}, the sampler expects {expected}")
 
 
 class _LiveTimesteps:

@@ -10,6 +10,7 @@ timesteps.
 import torch
 
 from engine.errors import RequestError, UnsupportedError
+from engine.sampling.transfer import to_device
 
 
 class VpSchedule:
@@ -104,12 +105,12 @@ def _update(schedule, x, models, times, t, order, variant, use_corrector):
     differences = torch.stack(d1s, dim=1) if d1s else None
     if differences is not None:
         rhos_p = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(powers[:-1, :-1], rhs[:-1])
-        rhos_p = rhos_p.to(x.device)
+        rhos_p = to_device(rhos_p, x.device)
         x_t = x_base - alpha_t * b_h * torch.einsum("k,bkchw->bchw", rhos_p, differences)
     if not use_corrector:
         return x_t, None
 
-    rhos_c = (torch.tensor([0.5]) if order == 1 else torch.linalg.solve(powers, rhs)).to(x.device)
+    rhos_c = to_device(torch.tensor([0.5]) if order == 1 else torch.linalg.solve(powers, rhs), x.device)
     x_seen, eps = yield x_t, schedule.model_time(t)
     model_t = _data_prediction(schedule, x_seen, t, eps)
     correction = 0 if differences is None else torch.einsum("k,bkchw->bchw", rhos_c[:-1], differences)

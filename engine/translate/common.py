@@ -35,7 +35,7 @@ UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], 
 # alwayson_scripts A1111 extensions provide (and scripts other modules read: the refiner); matched
 # case-insensitively like A1111 does. A1111's own always-on scripts are in engine.wire.scripts /
 # engine.translate.alwayson.
-SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "refiner": "Refiner"}
+SUPPORTED_SCRIPTS = {"adetailer": "ADetailer", "controlnet": "ControlNet", "reactor": "ReActor", "refiner": "Refiner"}
 
 # Values A1111 accepts for "keep what the first pass used".
 SAME_SAMPLER = (None, "", "Use same sampler")

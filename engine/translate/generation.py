@@ -6,6 +6,7 @@ from engine import samplers
 from engine.control.units import infotext_params, parse_controlnet_args
 from engine.detailer.args import parse_adetailer_args
 from engine.errors import RequestError, UnsupportedError
+from engine.faceswap.args import parse_reactor_args
 from engine.networks import lora_requests
 from engine.plan import GenerationPlan, SamplerSpec
 from engine.prompts.options import prompt_options_from
@@ -84,13 +85,15 @@ def plan_generation(
         num_inference_steps=steps,
         guidance_scale=float(request.cfg_scale if request.cfg_scale is not None else 7.0),
         sampler=sampler,
-        prompt_options=prompt_options_from(options),
+        # The worker's PAD_COND_UNCOND is the default of A1111's option; override_settings still wins.
+        prompt_options=prompt_options_from({"pad_cond_uncond": settings.speedups.pad_cond_uncond, **options}),
         extra_networks=networks,
         loras=tuple(lora_requests(networks)),
         control_units=control_units,
         detailers=detailer_plans(adetailer, request, width, height, steps, sampler, options),
         face_restoration=face_restoration_plan(request.restore_faces, options),
         refiner=refiner,
+        face_swap=parse_reactor_args(request.alwayson_scripts, img2img=img2img),
         # A1111: the request's `tiling`, else the `tiling` option.
         tiling=bool(request.tiling if request.tiling is not None else options.get("tiling", False)),
         # A1111 adds the scripts' keys (ADetailer's) before hires fix or img2img add their own.

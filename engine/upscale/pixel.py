@@ -28,7 +28,9 @@ class PixelUpscaler(ABC):
         """Enlarge by `scale` as A1111's `Upscaler.upscale` does (the extras tab).
 
         Runs `enlarge` until the image covers the destination, at most MAX_PASSES times, stopping early when
-        a pass changes nothing; then LANCZOS to the destination. The destination is rounded *down to a
+        a pass changes nothing; the first pass always runs, so at scale 1 a model still processes the image
+        before it is resized back (ReActor's "upscaler visibility" relies on it); then LANCZOS to the
+        destination. The destination is rounded *down to a
         multiple of 8*: `int(width * scale) // 8 * 8` (A1111's rule, kept for identical output sizes).
 
         Args:
@@ -37,11 +39,9 @@ class PixelUpscaler(ABC):
         """
         target = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
         for _ in range(MAX_PASSES):
-            if image.width >= target[0] and image.height >= target[1]:
-                break
             before = image.size
             image = self.enlarge(image, scale)
-            if image.size == before:
+            if image.size == before or (image.width >= target[0] and image.height >= target[1]):
                 break
         if image.size != target:
             image = image.resize(target, resample=LANCZOS)

@@ -52,6 +52,10 @@ ROUTES: dict[str, dict[str, str]] = {
     "controlnet/model_list": {"GET": "controlnet_model_list"},
     "controlnet/module_list": {"GET": "controlnet_module_list"},
     "controlnet/detect": {"POST": "controlnet_detect"},
+    "reactor/models": {"GET": "reactor_models"},
+    "reactor/upscalers": {"GET": "reactor_upscalers"},
+    "reactor/facemodels": {"GET": "reactor_facemodels"},
+    "reactor/image": {"POST": "reactor_image"},
 }
 # Request model of each generation endpoint (the HTTP server also declares them, for A1111's 422 errors).
 GENERATION_REQUESTS: dict[str, type[GenerationRequest]] = {

@@ -1,0 +1,2 @@
+"""ReActor face swap (sd-webui-reactor's `alwayson_scripts.reactor`): insightface's swap model on each
+finished image, then optional face restoration and upscaling."""
