@@ -388,6 +388,17 @@ def test_unknown_kind_and_file_errors_name_the_choices(models):
         catalog.find_file("adetailer", "hand_yolov8n.pt", field="ad_model")
 
 
+def test_not_found_errors_name_folders_relative_to_the_models_folder(models):
+    """The message goes to clients: it names the layout folders, never the server's absolute paths."""
+    root, _ = models
+    with pytest.raises(NotFoundError) as raised:
+        ModelCatalog(root).find_file("adetailer", "hand_yolov8n.pt", field="ad_model")
+    assert "(searched adetailer/)" in str(raised.value) and str(root) not in str(raised.value)
+    with pytest.raises(NotFoundError) as raised:
+        ModelCatalog(root).find_lora("nope")
+    assert "Lora/" in str(raised.value) and str(root) not in str(raised.value)
+
+
 def test_describe_summarises_every_kind(models):
     root, data = models
     summary = ModelCatalog(root).describe()

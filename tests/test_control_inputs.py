@@ -196,3 +196,15 @@ def test_union_control_type_comes_from_the_field_or_the_modules_tag(module, give
     image = {"image": _b64(PHOTO), "mask": _b64(MASK)} if "inpaint" in module else _b64(PHOTO)
     unit = _unit(module=module, image=image, **({"union_control_type": given} if given else {}))
     assert unit.union_type == expected
+
+
+@pytest.mark.parametrize("images", [[{"a": 1}], [7], ["x", None]])
+def test_detect_refuses_input_images_that_are_not_strings(images, tmp_path):
+    """Found by bench/fuzz.py: a non-string item reached the decoder as an AttributeError."""
+    import types
+
+    from engine.control.api import detect
+    from engine.errors import RequestError
+
+    with pytest.raises(RequestError, match=r"^controlnet_input_images: must be a list of base64 image strings"):
+        detect(types.SimpleNamespace(root=tmp_path), {"controlnet_module": "canny", "controlnet_input_images": images})

@@ -277,6 +277,15 @@ def test_faceless_image_is_a_clear_error(models_dir, control_models):
         prepare_control(units, ModelCatalog(models_dir), control_models, (SIZE, SIZE))
 
 
+def test_a_sliver_image_has_no_face_rather_than_an_opencv_assertion(models_dir, control_models):
+    """A 1×4000 image scales to 0 pixels wide at the detector's input size (found by bench/fuzz.py)."""
+    units = parse_controlnet_args({"controlnet": {"args": [
+        {"module": "instant_id_face_embedding", "model": "ip-adapter_instant_id_sdxl",
+         "image": _b64(np.full((4000, 1, 3), 255, np.uint8))}]}})
+    with pytest.raises(RequestError, match=r"args\[0\]\.image: no face found"):
+        prepare_control(units, ModelCatalog(models_dir), control_models, (SIZE, SIZE))
+
+
 def test_detect_returns_the_raw_embedding_as_a_tensor(models_dir, control_models):
     body = detect(ModelCatalog(models_dir), {"controlnet_module": "InsightFace (InstantID)",
                                              "controlnet_input_images": [_b64(_face_image())],

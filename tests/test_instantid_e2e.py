@@ -88,3 +88,16 @@ def torch_equal(a, b) -> bool:
 def test_seed_002_at_full_size(sd15_engine):
     result = sd15_engine.txt2img(seed_002(960, 1280)["input"]["payload"])
     assert result.images[0].size == (1536, 2048)
+
+
+def test_instantid_on_an_sd15_checkpoint_is_a_clear_error(sd15_engine):
+    """The SDXL IP-Adapter cannot sit in an SD1.5 UNet: named as the unit's model, not diffusers' ValueError
+    (found by tests/test_fuzz.py: seed 002 with its override_settings deleted)."""
+    from engine.errors import RequestError
+
+    payload = seed_002(64, 64, steps=1)["input"]["payload"]
+    del payload["override_settings"]
+    with pytest.raises(RequestError, match=r"controlnet\.args\[0\]\.model: 'ip-adapter_instant_id_sdxl \[eb2d3ec0\]' "
+                                           r"does not fit this checkpoint"):
+        sd15_engine.txt2img(payload)
+    assert sd15_engine.txt2img({"prompt": "a fox", "steps": 1, "width": 64, "height": 64}).images

@@ -136,3 +136,21 @@ def test_noise_never_touches_the_global_rng():
     noise.first()
     noise.next()
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_seeds_past_64_bits_are_refused_by_field():
+    """torch seeds a generator with at most an unsigned 64-bit value and image i uses seed + i: a larger seed is
+    a clear error, not an overflow deep in the sampler (found by tests/test_fuzz.py)."""
+    from engine.errors import RequestError
+    from engine.settings import Settings
+    from engine.translate import to_plan
+    from engine.wire.txt2img import Txt2ImgRequest
+
+    def plan(**fields):
+        return to_plan(Txt2ImgRequest.parse({"width": 64, "height": 64, **fields}), Settings())
+
+    assert plan(seed=2**64 - 1).noise.seeds == (2**64 - 1,)
+    with pytest.raises(RequestError, match=r"^seed: must be at most 18446744073709551614 for 2 image\(s\)"):
+        plan(seed=2**64 - 1, batch_size=2)
+    with pytest.raises(RequestError, match=r"^subseed: must be at most"):
+        plan(subseed=2**70)

@@ -61,6 +61,9 @@ def detect(catalog, payload: dict[str, Any], models=None, limits: ImageLimits = 
         raise RequestError("controlnet_input_images", "no image given: a list of base64 images is required")
     check_image_count(images, "controlnet_input_images", limits)
     masks = payload.get("controlnet_masks") or []
+    for field, texts in (("controlnet_input_images", images), ("controlnet_masks", masks)):
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise RequestError(field, f"must be a list of base64 image strings, got {texts!r:.60}")
     if module.mask == MASK_REQUIRED and len(masks) != len(images):
         raise RequestError("controlnet_masks", f"module {module.name!r} needs one mask per input image")
     resolution = _slider(module.resolution, payload.get("controlnet_processor_res", -1))

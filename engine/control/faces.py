@@ -96,6 +96,11 @@ class FaceAnalyser:
 
     def faces(self, rgb: np.ndarray) -> list[DetectedFace]:
         """Every face on an RGB uint8 image (insightface wants BGR: converted here)."""
+        height, width = rgb.shape[:2]
+        # The detector scales the long side to its input size; a short side that rounds to 0 pixels makes
+        # OpenCV's resize assert. Such a sliver holds no face.
+        if min(height, width) * max(DETECTION_SIZE) < max(height, width):
+            return []
         found = self._app.get(np.ascontiguousarray(rgb[:, :, ::-1]))
         return [DetectedFace(np.asarray(face.bbox, dtype=np.float32), np.asarray(face.kps, dtype=np.float32),
                              float(face.det_score), np.asarray(face.embedding, dtype=np.float32))

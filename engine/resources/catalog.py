@@ -409,7 +409,9 @@ class ModelCatalog:
 
     def _not_found(self, kind: str, name: str, field: str, available: Iterable[str]) -> NoReturn:
         expected = "/".join(dict.fromkeys(folder for layout in _layouts(kind) for folder in layout.folders))
-        searched = ", ".join(str(folder) for folder in self.folders(kind)) or f"no {expected} under {self.root}"
+        # Folders relative to the models folder: a client must not learn the server's paths.
+        relative = (os.path.relpath(folder, self.root) for folder in self.folders(kind))
+        searched = ", ".join(f"{folder}/" for folder in relative) or f"no {expected} in the models folder"
         raise NotFoundError(field, f"no {KIND_NOUNS[kind]} named {name!r} (searched {searched}); "
                                    f"available: {choices(available)}")
 

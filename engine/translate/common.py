@@ -20,6 +20,8 @@ from engine.wire.txt2img import GenerationRequest
 
 # A1111 `get_fixed_seed`: -1 (or empty) means a random seed in this range.
 SEED_RANGE = 4294967294
+# torch's `Generator.manual_seed` takes at most an unsigned 64-bit value; image i uses seed + i.
+MAX_SEED = 2**64 - 1
 
 # Fields A1111 accepts that this worker does not implement: asking for them is an error, never a no-op.
 UNSUPPORTED_FIELDS: tuple[tuple[str, Callable[[GenerationRequest], bool], str], ...] = (
@@ -135,6 +137,9 @@ def noise_spec(
         value = getattr(request, field)
         if value is not None and value < -1:
             raise RequestError(field, f"must be -1 (random) or a non-negative integer, got {value}")
+        if value is not None and value + count - 1 > MAX_SEED:
+            raise RequestError(field, f"must be at most {MAX_SEED - count + 1} for {count} image(s) (a 64-bit "
+                                      f"seed per image), got {value}")
     seed, subseed = fixed_seed(request.seed), fixed_seed(request.subseed)
     strength = float(request.subseed_strength or 0.0)
     # A1111 gives every image the same seed when a variation strength is set, else seed + i.
