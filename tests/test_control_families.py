@@ -54,7 +54,7 @@ def counted(monkeypatch):
         made.append(original(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr("engine.service.prepare_control", spy)
+    monkeypatch.setattr("engine.generation_job.prepare_control", spy)
     return made
 
 
@@ -195,7 +195,7 @@ def test_adetailer_controlnet_runs_inside_the_inpaint_pass(sd15_engine, counted,
     monkeypatch.setattr(detect.YoloDetector, "detect", one_box)
     prepared = []
     original = control_request.prepare_control
-    monkeypatch.setattr("engine.service.prepare_control",
+    monkeypatch.setattr("engine.generation_job.prepare_control",
                         lambda *a, **k: prepared.append(original(*a, **k)) or prepared[-1])
     payload = _payload([], steps=4)
     payload["alwayson_scripts"] = {"ADetailer": {"args": [True, False, {
