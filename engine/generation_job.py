@@ -1,5 +1,5 @@
-"""One generation job, start to finish: plan the request, resolve its models, then under the generation lock
-load them, prepare ControlNet, run the passes with the request's changes to shared modules undone
+"""One generation job, start to finish (the caller holds the engine's queue): plan the request, resolve its
+models, load them, prepare ControlNet, run the passes with the request's changes to shared modules undone
 afterwards, and describe the output as A1111 does."""
 
 import time
@@ -38,18 +38,13 @@ def plan_request(engine, request, seeds: list[int] | None = None) -> GenerationP
 
 def run_generation(engine, name: str, request, plan: GenerationPlan, on_progress) -> GenerationResult:
     """Generate `plan` on `engine` as the job `name` ("txt2img" / "img2img") and describe the result."""
-    # A1111 keeps a request's override_settings when override_settings_restore_afterwards is false.
-    engine.options.keep_overrides(request.override_settings, request.override_settings_restore_afterwards)
     # Resolve every name before any work, so a wrong one fails fast (A1111 fails after the first pass).
     entry = engine.resolve_checkpoint(plan.checkpoint)
     resolved = resolve_models(engine, plan, entry)
     job_timestamp = time.strftime("%Y%m%d%H%M%S")
     # The job shows in `GET /progress` and can be interrupted or skipped once it holds the lock.
     passes = 2 if plan.hires else 1
-    with (
-        engine.generation_lock,
-        engine.jobs.running(name, request.force_task_id, passes, engine.settings.job_timeout_s) as running,
-    ):
+    with engine.jobs.running(name, request.force_task_id, passes, engine.settings.job_timeout_s) as running:
         # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
         engine.embeddings.refresh()
         models = load_models(engine, plan, resolved)

@@ -1,11 +1,12 @@
 """`Engine`: the library door. Owns the models and serves A1111 API calls one generation at a time."""
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from engine.control.models import ControlModels
 from engine.detailer.detect import DetectorCache
@@ -21,11 +22,13 @@ from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, res
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.model_files import load_listed
+from engine.resources.trusted_pickles import TrustedPickles
 from engine.resources.vae import ExternalVaes
 from engine.restore.registry import FaceRestorers
 from engine.result import GenerationResult, request_parameters
 from engine.scripts import ScriptContext, run_script
 from engine.settings import Settings
+from engine.threads import use_torch_threads
 from engine.upscale.registry import Upscalers
 from engine.wire.img2img import Img2ImgRequest
 from engine.wire.routes import JobState, dispatch
@@ -44,11 +47,15 @@ __all__ = ["Engine", "GenerationResult"]
 class Engine:
     """Built once from settings; `handle()` serves any routed A1111 call, `txt2img()` the main one.
 
-    Thread-safe: concurrent callers are served one generation at a time.
+    Thread-safe: every call that generates, uses a model or changes options runs through `exclusively`, one at
+    a time, in arrival order as the lock grants it; listings, progress, interrupt and skip answer meanwhile.
     """
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # Fixed for the engine's life and set on each job's thread: pixels depend on it (engine.threads).
+        self.torch_threads = settings.torch_threads or torch.get_num_threads()
+        use_torch_threads(self.torch_threads)
         self.catalog = ModelCatalog(settings.models_dir)
         self.precision = Precision.for_device(settings.device)
         # The most recently used checkpoints stay resident within a memory budget, identical components shared.
@@ -60,7 +67,11 @@ class Engine:
         self.options = OptionsStore(self.catalog, self.default_checkpoint)
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
-        self.detectors = DetectorCache(device=str(self.precision.device), catalog=self.catalog)
+        self.detectors = DetectorCache(
+            device=str(self.precision.device),
+            catalog=self.catalog,
+            trusted=TrustedPickles(settings.trusted_pickles, settings.models_dir),
+        )
         self.restorers = FaceRestorers(self.catalog, self.precision.device)
         self.embeddings = EmbeddingDatabase(self.catalog)
         self.vaes = ExternalVaes(self.catalog, settings.config_roots, self.precision)
@@ -72,7 +83,6 @@ class Engine:
             self.precision.dtype,
             catalog=self.catalog,
         )
-        self.generation_lock = threading.Lock()
 
     @classmethod
     def from_models_dir(cls, models_dir: str | Path, **settings: Any) -> "Engine":
@@ -89,33 +99,52 @@ class Engine:
     ) -> GenerationResult:
         """`/sdapi/v1/txt2img`: a payload dict (or parsed request) in, images and A1111's info out."""
         request = payload if isinstance(payload, Txt2ImgRequest) else Txt2ImgRequest.parse(payload)
-        return self._serve(request, on_progress)
+        return self.exclusively(self._serve, request, on_progress)
 
     def img2img(
         self, payload: dict[str, Any] | Img2ImgRequest, on_progress: Callable[[Progress], None] | None = None
     ) -> GenerationResult:
         """`/sdapi/v1/img2img`: img2img and inpainting, same response shape as txt2img."""
         request = payload if isinstance(payload, Img2ImgRequest) else Img2ImgRequest.parse(payload)
-        return self._serve(request, on_progress)
+        return self.exclusively(self._serve, request, on_progress)
+
+    def exclusively(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(*args)` alone: the one place the engine's queue (A1111's `queue_lock`) is taken, by the
+        library's calls and by `handle` for every endpoint that uses a model or changes options."""
+        with self.jobs.queue:
+            use_torch_threads(self.torch_threads)
+            return work(*args)
 
     def _serve(self, request: Txt2ImgRequest | Img2ImgRequest, on_progress) -> GenerationResult:
-        """A request's selectable script (`script_name`), which runs its own generations, or one generation."""
+        """A request's selectable script (`script_name`), which runs its own generations, or one generation.
+
+        A1111 keeps a request's `override_settings` when `override_settings_restore_afterwards` is false; they
+        are checked first and stored only once the whole request has succeeded."""
+        kept = self.options.overrides_to_keep(
+            request.override_settings, request.override_settings_restore_afterwards
+        )
         img2img = isinstance(request, Img2ImgRequest)
         script = selectable_script(request.script_name, img2img)
         if script is None:
-            return self.generate_request(request, on_progress)
-        context = ScriptContext(
-            request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request
-        )
-        result = run_script(script, context)
-        result.parameters = request_parameters(request)
+            result = self.generate_request(request, on_progress)
+        else:
+            context = ScriptContext(
+                request, img2img, self.generate_request, self.upscalers, on_progress, check=self.check_request
+            )
+            result = run_script(script, context)
+            result.parameters = request_parameters(request)
+        self.options.apply(kept)
         return result
 
     def generate_request(
         self, request: Txt2ImgRequest | Img2ImgRequest, on_progress=None, seeds: list[int] | None = None
     ) -> GenerationResult:
         """One generation for a parsed request, its script ignored; `seeds` (one per image) replace the ones
-        the request's `seed` gives (scripts that seed each image themselves, as A1111's take a seed list)."""
+        the request's `seed` gives (scripts that seed each image themselves, as A1111's take a seed list).
+        Re-entrant: scripts call it within their request's turn."""
+        return self.exclusively(self._generate_one, request, on_progress, seeds)
+
+    def _generate_one(self, request, on_progress, seeds: list[int] | None) -> GenerationResult:
         name = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
         result = run_generation(self, name, request, plan_request(self, request, seeds), on_progress)
         result.parameters = request_parameters(request)
@@ -135,7 +164,7 @@ class Engine:
         if not entries and (default := self.default_checkpoint()) is not None:
             entries = [default]
         for entry in entries:
-            self._pipelines.get(entry)
+            self.exclusively(self._pipelines.get, entry)
 
     # --- models ----------------------------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ class Settings:
     preload: tuple[str, ...] = ()
     # A1111 styles files (paths or wildcards, comma-separated); None: styles.csv beside or in the models folder.
     styles_file: str | None = None
+    # CPU threads torch computes with, set on every job's thread (engine.threads); None: torch's count when
+    # the engine is built. Pixels depend on it (float sums split differently), so it stays fixed.
+    torch_threads: int | None = None
+    # sha256 list of the pickles that run code when loaded (ultralytics detectors) that may load; None: any
+    # file in the models folder is trusted (engine.resources.trusted_pickles).
+    trusted_pickles: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -52,9 +58,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
-        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated) and `STYLES_FILE`
-        from the environment."""
+        `MAX_BATCH_IMAGES`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD` (comma-separated), `STYLES_FILE`
+        `TORCH_THREADS` and `TRUSTED_PICKLES` (a path, or 1 for the list `download_models.py` writes in the
+        models folder) from the environment."""
         from engine.resources.catalog import locate_models_root
+        from engine.resources.trusted_pickles import DEFAULT_LIST_NAME
 
         env = os.environ if env is None else env
         settings = cls()
@@ -74,7 +82,14 @@ class Settings:
             "job_timeout_s": _positive_float(env, "JOB_TIMEOUT_S"),
             "preload": tuple(p.strip() for p in env.get("PRELOAD", "").split(",") if p.strip()) or None,
             "styles_file": env.get("STYLES_FILE") or None,
+            "torch_threads": _positive_int(env, "TORCH_THREADS"),
         }
+        trusted = env.get("TRUSTED_PICKLES", "").strip()
+        if trusted:
+            # "1" means the list download_models.py writes beside the models.
+            values["trusted_pickles"] = (
+                values["models_dir"] / DEFAULT_LIST_NAME if trusted.lower() in ("1", "true", "yes") else Path(trusted)
+            )
         values = {k: v for k, v in values.items() if v is not None}
         return replace(settings, **{**values, **overrides})
 
@@ -99,4 +114,11 @@ def _positive_float(env: Mapping[str, str], key: str) -> float | None:
         raise ValueError(f"environment variable {key} must be a number, got {raw!r}") from None
     if not value > 0:
         raise ValueError(f"environment variable {key} must be positive, got {raw!r}")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], key: str) -> int | None:
+    value = _int(env, key)
+    if value is not None and value < 1:
+        raise ValueError(f"environment variable {key} must be a positive integer, got {env[key]!r}")
     return value

@@ -387,3 +387,18 @@ def test_url_fetch_downloads_into_staging_and_restarts_when_ranges_are_not_serve
     finally:
         server.shutdown()
     assert path.read_bytes() == b"0123456789" * 1000
+
+
+def test_fetched_detectors_are_listed_as_trusted_pickles(tmp_path):
+    # The list the worker's TRUSTED_PICKLES=1 reads: the manifest's sha256 of each pickled detector fetched,
+    # an operator's own lines kept.
+    listed = tmp_path / dm.TRUSTED_PICKLES_FILE
+    tmp_path.mkdir(exist_ok=True)
+    listed.write_text("# mine\n" + "ab" * 32 + "  adetailer/mine.pt\n")
+    item, other = small_item("alpha"), small_item("beta", kind="upscaler", dest="ESRGAN/beta.pt")
+    assert run(tmp_path, "--only", "alpha,beta", manifest=[item, other]) == 0
+    assert listed.read_text().splitlines() == ["# mine", "ab" * 32 + "  adetailer/mine.pt",
+                                               f"{item.sha256}  adetailer/alpha.pt"]
+    stamp = listed.stat().st_mtime_ns
+    assert run(tmp_path, "--only", "alpha", fetch=no_network, manifest=[item, other]) == 0
+    assert listed.stat().st_mtime_ns == stamp  # nothing new: the list is not rewritten
