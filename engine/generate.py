@@ -224,8 +224,9 @@ def _txt2img(plan: GenerationPlan, models: Models, batch: slice, noise: NoiseSpe
         sampler=hires.sampler,
         steps_total=hires.schedule_length,
         steps_run=hires.num_inference_steps,
+        # A1111 conditions the pass at hr_upscale_to_x/y, the size before the centre crop.
         shape=base.shape.hires_pass(
-            height, width, hires.num_inference_steps, hires.sampler.choice.second_order
+            hires.height, hires.width, hires.num_inference_steps, hires.sampler.choice.second_order
         ),
     )
     # A1111 activates the networks of hr_prompt for this pass (the first pass's when hr_prompt is empty).

@@ -109,15 +109,7 @@ def run_pass(
         device=device,
         img2img=init is not None,
     )
-    conditioning = build_conditioning(
-        pipe,
-        request.prompts,
-        request.negative_prompts,
-        request.shape,
-        request.prompt_options,
-        parse=parse_prompt_attention,
-        embeddings=embeddings,
-    )
+    conditioning = _conditioning(pipe, request, embeddings)
     stack = None
     if control is not None:
         stack = control.stack_for_pass(
@@ -174,7 +166,13 @@ def run_pass(
 def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> GuidedUNet:
     """The refiner's guided UNet: the same prompts encoded by its own text encoder(s), at this pass's size
     and step count (A1111 `setup_conds` on the refiner), with its own added conditions (aesthetic score)."""
-    conditioning = build_conditioning(
+    conditioning = _conditioning(pipe, request, embeddings)
+    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning, rows_per_call=pipe.unet_rows_per_call)
+
+
+def _conditioning(pipe: A1111Pipeline, request: PassRequest, embeddings):
+    """This pass's prompts encoded by `pipe`'s text encoder(s) (A1111 `setup_conds`)."""
+    return build_conditioning(
         pipe,
         request.prompts,
         request.negative_prompts,
@@ -183,7 +181,6 @@ def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> Guid
         parse=parse_prompt_attention,
         embeddings=embeddings,
     )
-    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning, rows_per_call=pipe.unet_rows_per_call)
 
 
 def _image_conditioning(pipe: A1111Pipeline, request: PassRequest, noise: NoiseSpec, init: InitLatents | None):

@@ -139,3 +139,26 @@ def test_hires_prompt_sampler_and_infotext(sd15_engine):
     assert "Hires sampler: DPM++ 2M" in infotext
     assert "Hires prompt: a castle at night" in infotext
     assert "Hires steps: 2" in infotext
+
+
+def test_sdxl_hires_conditions_on_the_size_before_the_crop(sdxl_engine, monkeypatch):
+    """A1111's `calculate_hr_conds` builds the hires conditioning at `hr_upscale_to_x/y`, the size that covers
+    hr_resize_x × hr_resize_y before the centre crop, so SDXL's size time ids say the uncropped size."""
+    from engine.pipeline import A1111Pipeline
+
+    sizes = []
+    original = A1111Pipeline.sdxl_time_ids
+
+    def recording(self, height, width, batch, aesthetic_score=6.0):
+        sizes.append((width, height))
+        return original(self, height, width, batch, aesthetic_score)
+
+    monkeypatch.setattr(A1111Pipeline, "sdxl_time_ids", recording)
+    payload = {
+        **BASE, "width": 64, "height": 96, "enable_hr": True, "hr_resize_x": 192, "hr_resize_y": 96,
+        "denoising_strength": 0.3, "hr_second_pass_steps": 1, "steps": 1,
+    }
+    result = sdxl_engine.txt2img(payload)
+    assert result.images[0].size == (192, 96)
+    # 64×96 scaled to cover 192×96 is 192×288 (A1111: hr_upscale_to_x/y), then cropped to 192×96.
+    assert set(sizes) == {(64, 96), (192, 288)}
