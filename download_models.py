@@ -33,6 +33,10 @@ STAGING_DIR = ".downloads"
 # such a file is never taken for the real one, whatever its name.
 DEMO_MARKER = ".demo-files.json"
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
+# The sha256 list of fetched files that run code when loaded (ultralytics' pickled detectors), which the
+# worker's TRUSTED_PICKLES=1 reads (engine/resources/trusted_pickles.py).
+TRUSTED_PICKLES_FILE = "trusted_pickles.sha256"
+PICKLE_KINDS = ("detector",)
 
 # The maintained copy of runwayml/stable-diffusion-v1-5 (taken down in 2024), same files.
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -546,8 +550,27 @@ def main(argv: Sequence[str] | None = None, fetch: Fetch = fetch,
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    write_trusted_pickles(manifest, args.models)
     print(f"done: {fetched} fetched, {len(items) - fetched} already present, in {args.models}")
     return 0
+
+
+def write_trusted_pickles(manifest: Sequence[Item], root: Path) -> Path | None:
+    """Add the manifest's sha256 of every pickled detector present in `root` to its trusted list (lines
+    already there, an operator's own, are kept). Returns the list's path, None when there is nothing to list."""
+    listed = root / TRUSTED_PICKLES_FILE
+    lines = listed.read_text(encoding="utf-8").splitlines() if listed.is_file() else []
+    known = {line.split()[0].lower() for line in lines if line.strip() and not line.startswith("#")}
+    added = []
+    for item in manifest:
+        if item.kind in PICKLE_KINDS and item.sha256 and item.sha256 not in known and status(item, root) == "present":
+            added.append(f"{item.sha256}  {item.dest}")
+            known.add(item.sha256)
+    if not added:
+        return listed if lines else None
+    lines += added
+    listed.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return listed
 
 
 def _one_line(exc: BaseException) -> str:

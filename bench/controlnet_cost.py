@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import engine.service  # noqa: E402
+import engine.generation_job  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.control import request as control_request  # noqa: E402
 from engine.demo.models import write_demo_models  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
         timings.append(time.perf_counter() - started)
         return made[-1]
 
-    engine.service.prepare_control = timed
+    engine.generation_job.prepare_control = timed
     with tempfile.TemporaryDirectory() as folder:
         write_demo_models(Path(folder))
         worker = Engine.from_models_dir(folder, device="cpu")

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import engine.service  # noqa: E402
+import engine.generation_job  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.demo.models import write_demo_models  # noqa: E402
 
@@ -131,11 +131,11 @@ class ForwardCounter:
 
 class TimedPrepareControl:
     """Times the engine's control preparation (face analysis, keypoint map, model fetch) by wrapping the
-    name `engine.service` calls; restored by `restore()`."""
+    name `engine.generation_job` calls; restored by `restore()`."""
 
     def __init__(self):
         self.seconds: list[dict[str, float]] = []
-        self._original = engine.service.prepare_control
+        self._original = engine.generation_job.prepare_control
 
         def timed(*args, **kwargs):
             wall, cpu = time.perf_counter(), time.process_time()
@@ -143,10 +143,10 @@ class TimedPrepareControl:
             self.seconds.append({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
             return result
 
-        engine.service.prepare_control = timed
+        engine.generation_job.prepare_control = timed
 
     def restore(self) -> None:
-        engine.service.prepare_control = self._original
+        engine.generation_job.prepare_control = self._original
 
 
 def timed_request(service, payload: dict, counter: ForwardCounter) -> dict:

@@ -199,10 +199,9 @@ def options(engine, payload: dict[str, Any]) -> dict[str, Any]:
     return engine.options.listing()
 
 
-def set_options(engine, payload: dict[str, Any]) -> dict[str, list[str]] | None:
-    """`POST /sdapi/v1/options`: A1111 answers null; keys this worker does not read are stored, reported."""
-    warnings = engine.options.set(payload)
-    return {"warnings": warnings} if warnings else None
+def set_options(engine, payload: dict[str, Any]) -> None:
+    """`POST /sdapi/v1/options`: A1111 answers null. Only A1111's option names, with values of their type."""
+    engine.options.set(payload)
 
 
 def progress(engine, payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OPTIONS
 from engine.prompts.options import prompt_options_from
 from engine.resources.catalog import CheckpointEntry, ModelCatalog
 from engine.translate.common import OVERRIDE_SETTINGS
+from engine.wire.options import OPTION_NAMES, check_option
 
 
 logger = logging.getLogger(__name__)
@@ -106,37 +107,54 @@ class OptionsStore:
         self._catalog = catalog
         self._default_checkpoint = default_checkpoint
         self._values: dict[str, Any] = {}  # options this worker reads, set on purpose
-        self._unknown: dict[str, Any] = {}  # anything else a client stored: kept and reported, never used
+        self._stored: dict[str, Any] = {}  # other A1111 options a client stored: listed, never used
         self._lock = threading.Lock()
 
-    def set(self, values: Mapping[str, Any], where: str = "options") -> list[str]:
+    def set(self, values: Mapping[str, Any], where: str = "options") -> None:
         """`POST /sdapi/v1/options`: validate every value first, then store them all.
 
-        Returns:
-            A warning per key this worker does not read (stored anyway, as A1111 stores what it is given).
-
         Raises:
-            RequestError: a value is invalid, or `sd_model_checkpoint` names no checkpoint (A1111 answers that
-                with "model … not found"); nothing is stored then.
+            RequestError: a key is no A1111 option, a value is invalid, or `sd_model_checkpoint` names no
+                checkpoint (A1111 answers that with "model … not found"); nothing is stored then.
         """
-        known, unknown = {}, {}
+        self.apply(self.checked(values, where))
+
+    def checked(
+        self, values: Mapping[str, Any], where: str = "options", strict: bool = True
+    ) -> dict[str, Any]:
+        """The values as they would be stored, validated; nothing is stored (`apply` stores them).
+
+        Args:
+            where: the field the values came in, for errors ("options", "override_settings").
+            strict: a key that is no A1111 option is an error; else it is left out (override_settings, whose
+                unknown keys the request's warnings already report as ignored).
+        """
+        checked = {}
         for key, value in values.items():
             if key in OVERRIDE_SETTINGS or key in OUTPUT_OPTIONS:
-                known[key] = self._validated(key, value, where)
-            else:
-                unknown[key] = value
-        with self._lock:
-            self._values.update(known)
-            self._unknown.update(unknown)
-        if known:
-            logger.info("options set: %s", known)
-        return [f"stored {where}.{key}, which this worker does not read" for key in unknown]
+                checked[key] = self._validated(key, value, where)
+            elif strict or key in OPTION_NAMES:
+                checked[key] = check_option(f"{where}.{key}", key, value)
+        return checked
 
-    def keep_overrides(self, overrides: Mapping[str, Any] | None, restore_afterwards: bool | None) -> None:
+    def apply(self, checked: Mapping[str, Any]) -> None:
+        """Store values `checked` returned."""
+        read = {
+            key: value for key, value in checked.items() if key in OVERRIDE_SETTINGS or key in OUTPUT_OPTIONS
+        }
+        with self._lock:
+            self._values.update(read)
+            self._stored.update({key: value for key, value in checked.items() if key not in read})
+        if read:
+            logger.info("options set: %s", read)
+
+    def overrides_to_keep(self, overrides: Mapping[str, Any] | None, restore_afterwards: bool | None) -> dict:
         """A1111 restores `override_settings` after a request unless `override_settings_restore_afterwards` is
-        false: then they stay set for the requests that follow (in memory, as in A1111)."""
+        false: then they stay set for the requests that follow (in memory, as in A1111). Returns them
+        validated, for `apply` once the request has succeeded (a failed request changes no option)."""
         if restore_afterwards is False and overrides:
-            self.set(overrides, where="override_settings")
+            return self.checked(overrides, where="override_settings", strict=False)
+        return {}
 
     def for_request(self) -> dict[str, Any]:
         """The options set on purpose that the engine reads, for `to_plan(..., defaults=...)`."""
@@ -161,7 +179,7 @@ class OptionsStore:
         """`GET /sdapi/v1/options`: every option this worker reads, what clients stored, and the checkpoint
         in use by its A1111 title (with `sd_checkpoint_hash`, its sha256 when known)."""
         with self._lock:
-            body = {**DEFAULTS, **self._unknown, **self._values}
+            body = {**DEFAULTS, **self._stored, **self._values}
         entry = self.checkpoint()
         body["sd_model_checkpoint"] = entry.title if entry else None
         body["sd_checkpoint_hash"] = (

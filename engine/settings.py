@@ -55,6 +55,12 @@ class Settings:
     # Wildcard files for Dynamic Prompts / Simple wildcards; None: models/wildcards (or an A1111 install's
     # extension folder, see engine.prompts.wildcards.wildcard_folder).
     wildcards_dir: Path | None = None
+    # CPU threads torch computes with, set on every job's thread (engine.threads); None: torch's count when
+    # the engine is built. Pixels depend on it (float sums split differently), so it stays fixed.
+    torch_threads: int | None = None
+    # sha256 list of the pickles that run code when loaded (ultralytics detectors) that may load; None: any
+    # file in the models folder is trusted (engine.resources.trusted_pickles).
+    trusted_pickles: Path | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -74,9 +80,11 @@ class Settings:
         """Read `MODELS_DIR` (or find a RunPod network volume holding an A1111 install), `CONFIGS_DIR`, `DEFAULT_CHECKPOINT`, `DEVICE`, `MAX_STEPS`, `MAX_PIXELS`,
         `MAX_BATCH_IMAGES`, `MAX_PROMPT_CHARS`, `MAX_CONTROL_UNITS`, `MAX_SCRIPT_GENERATIONS`, `MAX_IMAGE_BASE64_CHARS`,
         `MAX_INPUT_PIXELS`, `MAX_INPUT_IMAGES`, `IMAGE_LIMITS`, `VAE_TILE_ABOVE_PIXELS`, `JOB_TIMEOUT_S`, `PRELOAD`
-        (comma-separated), `STYLES_FILE`, `WILDCARDS_DIR` and the speed-up switches
+        (comma-separated), `STYLES_FILE`, `WILDCARDS_DIR`, `TORCH_THREADS`, `TRUSTED_PICKLES` (a path, or 1 for
+        the list `download_models.py` writes in the models folder) and the speed-up switches
         (`engine.speedups.SpeedUps.from_env`) from the environment."""
         from engine.resources.catalog import locate_models_root
+        from engine.resources.trusted_pickles import DEFAULT_LIST_NAME
 
         env = os.environ if env is None else env
         settings = cls()
@@ -101,7 +109,14 @@ class Settings:
             "styles_file": env.get("STYLES_FILE") or None,
             "speedups": SpeedUps.from_env(env),
             "wildcards_dir": Path(env["WILDCARDS_DIR"]) if env.get("WILDCARDS_DIR") else None,
+            "torch_threads": _positive_int(env, "TORCH_THREADS"),
         }
+        trusted = env.get("TRUSTED_PICKLES", "").strip()
+        if trusted:
+            # "1" means the list download_models.py writes beside the models.
+            values["trusted_pickles"] = (
+                values["models_dir"] / DEFAULT_LIST_NAME if trusted.lower() in ("1", "true", "yes") else Path(trusted)
+            )
         values = {k: v for k, v in values.items() if v is not None}
         values.update(_image_limits(env, overrides.get("image_limits", settings.image_limits)))
         return replace(settings, **{**values, **overrides})
@@ -139,4 +154,11 @@ def _positive_float(env: Mapping[str, str], key: str) -> float | None:
         raise ValueError(f"environment variable {key} must be a number, got {raw!r}") from None
     if not value > 0:
         raise ValueError(f"environment variable {key} must be positive, got {raw!r}")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], key: str) -> int | None:
+    value = _int(env, key)
+    if value is not None and value < 1:
+        raise ValueError(f"environment variable {key} must be a positive integer, got {env[key]!r}")
     return value

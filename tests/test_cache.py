@@ -5,9 +5,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from engine.resources.cache import (
+    FINGERPRINT_SAMPLES,
     GIB,
     PipelineCache,
     estimate_checkpoint_bytes,
@@ -167,3 +168,43 @@ def test_budget_from_configuration_or_device():
     with pytest.raises(ValueError, match="MODEL_MEMORY_BUDGET_GB"):
         resolve_budget(0, torch.device("cpu"))
     assert resolve_budget(None, torch.device("cpu")) > 0
+
+
+def test_checkpoints_differing_in_one_embedding_row_do_not_share_the_text_encoder(demo_models, tmp_path):
+    # As a textual inversion merged into a checkpoint: one token-embedding row changed, at the elements the
+    # fingerprint's strided sample skips, so only a full comparison tells the two text encoders apart.
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    original = demo_models / "Stable-diffusion" / "tiny-sd15.safetensors"
+    shutil.copy(original, folder / "base.safetensors")
+    shutil.copy(original, folder / "twin.safetensors")
+    tensors = load_file(original)
+    key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+    table = tensors[key]
+    step = max(1, table.numel() // FINGERPRINT_SAMPLES)
+    row = table.shape[0] // 2
+    flat = table.reshape(-1).clone()
+    unsampled = [i for i in range(row * table.shape[1], (row + 1) * table.shape[1]) if i % step]
+    assert unsampled  # the sample skips part of the row
+    flat[unsampled] += 0.5
+    save_file({**tensors, key: flat.reshape(table.shape)}, folder / "patched.safetensors")
+    precision = Precision.for_device("cpu")
+    cache = PipelineCache(
+        lambda name: load_pipeline(folder / f"{name}.safetensors", [demo_models / "configs"], precision),
+        budget_bytes=None,
+    )
+    base, patched, twin = cache.get("base"), cache.get("patched"), cache.get("twin")
+    assert fingerprint(patched.text_encoder) == fingerprint(base.text_encoder)  # the sample cannot tell
+    assert patched.text_encoder is not base.text_encoder
+    assert not torch.equal(
+        patched.text_encoder.get_input_embeddings().weight, base.text_encoder.get_input_embeddings().weight
+    )
+    assert patched.unet is base.unet and patched.vae is base.vae  # what is equal is still shared
+    assert all(
+        getattr(twin, name) is module
+        for name, module in base.components.items()
+        if isinstance(module, torch.nn.Module)
+    )
+    assert cache.describe()["shared_components"] == len(
+        [m for m in base.components.values() if isinstance(m, torch.nn.Module)]
+    )

@@ -448,3 +448,18 @@ def test_demo_buffalo_l_is_replaced_by_the_real_pack(tmp_path):
 def test_buffalo_l_comes_from_the_release_insightface_downloads():
     buffalo = next(item for item in dm.MANIFEST if item.name == "buffalo_l")
     assert buffalo.url == "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+
+
+def test_fetched_detectors_are_listed_as_trusted_pickles(tmp_path):
+    # The list the worker's TRUSTED_PICKLES=1 reads: the manifest's sha256 of each pickled detector fetched,
+    # an operator's own lines kept.
+    listed = tmp_path / dm.TRUSTED_PICKLES_FILE
+    tmp_path.mkdir(exist_ok=True)
+    listed.write_text("# mine\n" + "ab" * 32 + "  adetailer/mine.pt\n")
+    item, other = small_item("alpha"), small_item("beta", kind="upscaler", dest="ESRGAN/beta.pt")
+    assert run(tmp_path, "--only", "alpha,beta", manifest=[item, other]) == 0
+    assert listed.read_text().splitlines() == ["# mine", "ab" * 32 + "  adetailer/mine.pt",
+                                               f"{item.sha256}  adetailer/alpha.pt"]
+    stamp = listed.stat().st_mtime_ns
+    assert run(tmp_path, "--only", "alpha", fetch=no_network, manifest=[item, other]) == 0
+    assert listed.stat().st_mtime_ns == stamp  # nothing new: the list is not rewritten

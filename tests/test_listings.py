@@ -236,16 +236,14 @@ def test_options_start_at_a1111_defaults_and_report_the_checkpoint(options):
     assert options.for_request() == {}  # nothing set on purpose: request fields keep their say
 
 
-def test_set_validates_stores_and_reports_unknown_keys(options):
-    assert options.set({"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "tiny-sdxl", "my_flag": 1}) == [
-        "stored options.my_flag, which this worker does not read"
-    ]
+def test_set_validates_and_stores_a1111_options(options):
+    options.set({"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "tiny-sdxl", "show_progressbar": False})
     assert options.for_request() == {
         "CLIP_stop_at_last_layers": 2,
         "sd_model_checkpoint": "tiny-sdxl.safetensors",
     }
     listed = options.listing()
-    assert listed["my_flag"] == 1 and listed["sd_model_checkpoint"].startswith("tiny-sdxl")
+    assert listed["show_progressbar"] is False and listed["sd_model_checkpoint"].startswith("tiny-sdxl")
     with pytest.raises(
         RequestError, match="^options.CLIP_stop_at_last_layers: must be an integer from 1 to 12"
     ):
@@ -257,14 +255,34 @@ def test_set_validates_stores_and_reports_unknown_keys(options):
         options.set({"sd_model_checkpoint": "nope"})
 
 
-def test_overrides_persist_only_without_restore_afterwards(options):
-    options.keep_overrides({"CLIP_stop_at_last_layers": 3}, restore_afterwards=True)
-    assert options.for_request() == {}
-    options.keep_overrides(
-        {"CLIP_stop_at_last_layers": 3, "samples_format": "webp"}, restore_afterwards=False
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"my_flag": 1}, "^options.my_flag: is not an A1111 option"),
+        ({"show_progressbar": "yes"}, "^options.show_progressbar: must be true or false"),
+        ({"n_rows": 2.5}, "^options.n_rows: must be an integer"),
+        ({"img_downscale_threshold": float("inf")}, "^options.img_downscale_threshold: must be a number"),
+        ({"font": "x" * 5000}, "^options.font: must be a string of at most 1024 characters"),
+        ({"hidden_tabs": ["a"] * 1000}, "^options.hidden_tabs: must be a list of at most 256 strings"),
+    ],
+)
+def test_set_refuses_unknown_keys_and_values_of_the_wrong_type_or_size(options, payload, message):
+    with pytest.raises(RequestError, match=message):
+        options.set({"CLIP_stop_at_last_layers": 2, **payload})
+    assert options.for_request() == {}  # nothing of a refused call is stored
+    assert not set(payload) & set(options.listing())
+
+
+def test_overrides_are_kept_only_without_restore_afterwards_and_only_when_applied(options):
+    assert options.overrides_to_keep({"CLIP_stop_at_last_layers": 3}, restore_afterwards=True) == {}
+    kept = options.overrides_to_keep(
+        {"CLIP_stop_at_last_layers": 3, "samples_format": "webp", "not_an_option": 1}, restore_afterwards=False
     )
+    assert options.for_request() == {}  # checked, not stored: the request may still fail
+    options.apply(kept)
     assert options.for_request() == {"CLIP_stop_at_last_layers": 3}
     assert options.encoding().samples_format == "webp"
+    assert "not_an_option" not in options.listing()  # the request's warnings report it as ignored
 
 
 def test_encoding_prefers_the_request_then_the_options(options):

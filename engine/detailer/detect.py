@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from engine.detailer.masks import Detections, box_mask
+from engine.threads import keep_torch_threads
 
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class YoloDetector:
         """Boxes in image pixels, most confident first (NMS order); masks are the segmentation masks at the
         image's own size (`retina_masks`, no letterbox misregistration), else filled boxes as in ADetailer."""
         image = image.convert("RGB")  # ultralytics reads a PIL image as RGB
-        with self._lock:
+        # ultralytics' first CPU predict sets torch's thread count for the process (engine.threads).
+        with self._lock, keep_torch_threads():
             result = self._model.predict(image, conf=confidence, device=self.device, imgsz=self.image_size,
                                          retina_masks=True, verbose=False)[0]
         boxes = tuple(tuple(float(v) for v in box) for box in result.boxes.xyxy.cpu().numpy().tolist())
@@ -103,10 +105,13 @@ class DetectorCache:
     With the `catalog` that lists the files, a damaged or vanished file is reported by name (and nothing is
     cached for it)."""
 
-    def __init__(self, device: str = "auto", image_size: int = DEFAULT_IMAGE_SIZE, catalog=None):
+    def __init__(self, device: str = "auto", image_size: int = DEFAULT_IMAGE_SIZE, catalog=None, trusted=None):
+        """`trusted`: an `engine.resources.trusted_pickles.TrustedPickles` every file is checked against before
+        ultralytics unpickles it (None: no check)."""
         self.device = device
         self.image_size = image_size
         self.catalog = catalog
+        self.trusted = trusted
         self._detectors: dict[Path, YoloDetector] = {}
         self._mediapipe: dict[str, Detector] = {}
         self._lock = threading.Lock()
@@ -140,6 +145,8 @@ class DetectorCache:
         return self.get(catalog.find_file("adetailer", name, field).path, field)
 
     def _load(self, path: Path, key: Path, field: str) -> YoloDetector:
+        if self.trusted is not None:
+            self.trusted.check(key, field)  # ultralytics runs the pickle: refuse unknown files first
         if self.catalog is None:
             return YoloDetector(key, self.device, self.image_size)
         from engine.resources.model_files import load_listed  # deferred: it imports torch

@@ -21,7 +21,9 @@ Value = TypeVar("Value")
 
 GIB = 1 << 30
 # Elements sampled per tensor when fingerprinting a module: fine-tuned weights differ almost everywhere, so
-# an evenly spaced sample tells different tensors apart in milliseconds (hashing 5 GB would take seconds).
+# an evenly spaced sample tells most different tensors apart in milliseconds. A few changed rows (a textual
+# inversion merged into the token embedding, a patched VAE) can fall between the samples, so a matching
+# fingerprint only names a candidate: components are shared once every tensor compares equal.
 FINGERPRINT_SAMPLES = 4096
 # Left free for activations when the budget is derived from the device (an SDXL 1024² pass peaks near 5 GiB).
 ACTIVATION_RESERVE = 6 * GIB
@@ -85,8 +87,8 @@ class PipelineCache(Generic[Key]):
 
     Components whose weights are identical across checkpoints (the same VAE file, the same text encoders) are
     loaded once: after each load, every `torch.nn.Module` component is fingerprinted (class, config, tensor
-    names, shapes, dtypes and a strided sample of every tensor) and replaced by the resident module with the
-    same fingerprint. Sizes are measured from parameters and buffers; a module shared by several checkpoints
+    names, shapes, dtypes and a strided sample of every tensor); a resident module with the same fingerprint
+    replaces it only when all their tensors are exactly equal (`identical`). Sizes are measured from parameters and buffers; a module shared by several checkpoints
     counts once. Thread-safe; a load holds the lock (generation is serialised anyway).
     """
 
@@ -176,16 +178,16 @@ class PipelineCache(Generic[Key]):
 
     def _share_components(self, key: Key, pipeline: Any) -> dict[str, torch.nn.Module]:
         """Swap each component for an identical resident one; returns the pipeline's modules by name."""
-        resident = {
-            fingerprint(module): module
-            for entry in self._entries.values()
-            for module in entry.modules.values()
-        }
+        candidates: dict[str, dict[int, torch.nn.Module]] = {}
+        for entry in self._entries.values():
+            for module in entry.modules.values():
+                candidates.setdefault(fingerprint(module), {})[id(module)] = module
         modules = {}
         for name, component in pipeline.components.items():
             if not isinstance(component, torch.nn.Module):
                 continue
-            twin = resident.get(fingerprint(component))
+            same_sample = candidates.get(fingerprint(component), {}).values()
+            twin = next((module for module in same_sample if identical(module, component)), None)
             if twin is not None and twin is not component:
                 setattr(pipeline, name, twin)
                 logger.info("%s: sharing its %s with a resident checkpoint", key, name)
@@ -229,6 +231,27 @@ def fingerprint(module: torch.nn.Module) -> str:
     value = digest.hexdigest()
     module._cache_fingerprint = value
     return value
+
+
+@torch.no_grad()
+def identical(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    """Whether two modules hold exactly the same weights: the same class and configuration, and every
+    parameter and buffer equal in name, dtype, shape and value (run only on fingerprint matches, which are
+    rare and usually true, so the full comparison is paid only where sharing saves a whole component)."""
+    if first is second:
+        return True
+    if type(first) is not type(second) or _config_text(first) != _config_text(second):
+        return False
+    tensors = dict((*first.named_parameters(), *first.named_buffers()))
+    others = dict((*second.named_parameters(), *second.named_buffers()))
+    if tensors.keys() != others.keys():
+        return False
+    return all(
+        tensors[name].dtype == others[name].dtype
+        and tensors[name].device == others[name].device
+        and torch.equal(tensors[name], others[name])
+        for name in tensors
+    )
 
 
 def _config_text(module: torch.nn.Module) -> str:

@@ -62,8 +62,10 @@ GENERATION_REQUESTS: dict[str, type[GenerationRequest]] = {
     "txt2img": Txt2ImgRequest,
     "img2img": Img2ImgRequest,
 }
-# Endpoints that use the GPU or swap models: queued behind generation, as A1111's `queue_lock` does.
+# Endpoints that use the GPU, swap models or change what a generation reads: queued behind generation, as
+# A1111's `queue_lock` does (its POST /options is not queued; here a running job never sees options change).
 QUEUED = {
+    "set_options",
     "controlnet_detect",
     "extra_single_image",
     "refresh_checkpoints",
@@ -120,16 +122,14 @@ def dispatch(engine, method: str, endpoint: str, payload: dict[str, Any], on_pro
     serve = getattr(listings, name)
     if name not in QUEUED:
         return serve(engine, payload)
-    with engine.jobs.queue:
-        return serve(engine, payload)
+    return engine.exclusively(serve, engine, payload)
 
 
 def _generate(engine, name: str, payload: dict[str, Any], on_progress) -> dict[str, Any]:
     request = GENERATION_REQUESTS[name].parse(payload)
     encoding = engine.options.encoding(request.override_settings)
-    # The engine registers the job in `engine.jobs` (progress, interrupt, skip) once it runs.
-    with engine.jobs.queue:
-        result = getattr(engine, name)(request, on_progress)
+    # The engine queues the job and registers it in `engine.jobs` (progress, interrupt, skip) once it runs.
+    result = getattr(engine, name)(request, on_progress)
     # In the format the options (or this request's override_settings) ask for.
     return result.response(send_images=request.send_images is not False, encoding=encoding)
 
@@ -171,7 +171,8 @@ class JobState:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         """`clock` measures job timeouts (seconds; tests pass their own)."""
-        self.queue = threading.Lock()
+        # Re-entrant: a script's generations run inside the request that holds it.
+        self.queue = threading.RLock()
         self._lock = threading.Lock()
         self._clock = clock
         self._job: _Job | None = None
