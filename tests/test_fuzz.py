@@ -123,9 +123,6 @@ def hostile_image_jobs():
         yield name, envelope(endpoint, {**payload, "mask": mask})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 defect 1: a PNG header past PIL's bomb threshold escapes as "
-                   "DecompressionBombError; undecodable data is answered with PIL's text ('<_io.BytesIO object at "
-                   "0x…>')")
 def test_hostile_images_end_in_images_or_one_clear_error_line(engine, reference):
     failures = run_all(engine, reference, hostile_image_jobs())
     assert not failures, report(failures)
