@@ -19,15 +19,27 @@ from dynamicprompts.generators import (
     RandomPromptGenerator,
 )
 from dynamicprompts.parser.parse import ParserConfig
+from dynamicprompts.wildcards import WildcardManager
 
-from engine.prompts.wildcards import StrictWildcardManager, UnknownWildcard
+from engine.prompts.dynamic_titles import DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE, DYNAMIC_PROMPTS_VERSION
+from engine.prompts.wildcards import UnknownWildcard
 
 
-DYNAMIC_PROMPTS_VERSION = "2.17.1"
-# A1111 matches `alwayson_scripts` keys to script titles ("Dynamic Prompts v2.17.1") case-insensitively;
-# clients also send the title without its version.
-DYNAMIC_PROMPTS_TITLE = f"Dynamic Prompts v{DYNAMIC_PROMPTS_VERSION}"
-DYNAMIC_PROMPTS_KEYS = (DYNAMIC_PROMPTS_TITLE.lower(), "dynamic prompts")
+__all__ = ["DYNAMIC_PROMPTS_KEYS", "DYNAMIC_PROMPTS_TITLE", "DYNAMIC_PROMPTS_VERSION", "DynamicPromptsOptions",
+           "generate_prompts"]
+
+
+class StrictWildcardManager(WildcardManager):
+    """The library's manager, except that a wildcard matching no file raises `UnknownWildcard` where the
+    library would leave `__name__` in the prompt."""
+
+    def get_values(self, wildcard: str):
+        values = super().get_values(wildcard)
+        if not values:
+            raise UnknownWildcard(wildcard, self.path, sorted(self.get_collection_names()))
+        return values
+
+
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ warning); here it is an error naming the field.
 import random
 from pathlib import Path
 
-from dynamicprompts.wildcards import WildcardManager
-
 from engine.errors import NotFoundError, choices
 
 
@@ -52,17 +50,6 @@ class UnknownWildcard(LookupError):
         listed = choices(self.known) if self.known else "none"
         return NotFoundError(self.field, f"no wildcard file for __{self.name}__ in {self.folder}; wildcards there: "
                                     f"{listed}")
-
-
-class StrictWildcardManager(WildcardManager):
-    """The library's manager, except that a wildcard matching no file raises `UnknownWildcard` where the
-    library would leave `__name__` in the prompt."""
-
-    def get_values(self, wildcard: str):
-        values = super().get_values(wildcard)
-        if not values:
-            raise UnknownWildcard(wildcard, self.path, sorted(self.get_collection_names()))
-        return values
 
 
 def simple_wildcards(text: str, seed: int, folder: Path) -> str:

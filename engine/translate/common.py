@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.errors import RequestError, UnsupportedError
 from engine.plan import NoiseSpec
-from engine.prompts.dynamic import DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE
+from engine.prompts.dynamic_titles import DYNAMIC_PROMPTS_KEYS, DYNAMIC_PROMPTS_TITLE
 from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OVERRIDE_SETTINGS
 from engine.prompts.parser import extract_extra_networks
 from engine.prompts.wildcards import SIMPLE_WILDCARDS_TITLE

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import RequestError, UnsupportedError
-from engine.prompts.dynamic import DYNAMIC_PROMPTS_KEYS, DynamicPromptsOptions, generate_prompts
+from engine.prompts.dynamic_titles import DYNAMIC_PROMPTS_KEYS
 from engine.prompts.wildcards import SIMPLE_WILDCARDS_TITLE, UnknownWildcard, simple_wildcards
 from engine.translate.alwayson import script_args
 from engine.translate.common import fixed_seed, is_img2img
@@ -100,6 +100,9 @@ def _dynamic_prompts(request, key: str, value: Any, wildcards, options, max_imag
     args = _read_args(value, where)
     if not args["is_enabled"]:
         return RewrittenPrompts(request)
+    # Imported here: the dynamicprompts library loads only for requests that use the script.
+    from engine.prompts.dynamic import DynamicPromptsOptions, generate_prompts
+
     script = DynamicPromptsOptions.from_settings(
         options,
         combinatorial=bool(args["is_combinatorial"]),
