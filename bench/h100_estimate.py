@@ -34,20 +34,10 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel  # no
 from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from engine.demo.full_size import UNET_CONFIGS, VAE_CONFIG  # noqa: E402
+
 
 H100_DENSE_TFLOPS = 989.4
-SDXL_UNET = {
-    "sample_size": 128, "block_out_channels": (320, 640, 1280),
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "transformer_layers_per_block": (1, 2, 10), "attention_head_dim": (5, 10, 20), "cross_attention_dim": 2048,
-    "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
-SDXL_VAE = {
-    "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4, "layers_per_block": 2, "latent_channels": 4,
-}
 # Seed 002's work.
 STEPS, BASE, HIRES = 15, (960, 1280), (1536, 2048)
 EVALS = 2 * STEPS - 1  # DPM++ SDE: the last step is Euler
@@ -90,9 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SDXL_UNET).eval()
+        unet = UNet2DConditionModel(**UNET_CONFIGS["sdxl"]).eval()
         controlnet = ControlNetModel.from_unet(unet).eval()
-        vae = AutoencoderKL(**SDXL_VAE).eval()
+        vae = AutoencoderKL(**VAE_CONFIG).eval()
         esrgan = RRDBNet(num_filters=64, num_blocks=23, scale=4).eval()
     base_unet, base_cn = denoiser_gflop(unet, controlnet, BASE)
     hires_unet, hires_cn = denoiser_gflop(unet, controlnet, HIRES)

@@ -39,36 +39,17 @@ from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
+from engine.demo.architectures import VAE_OVERRIDES  # noqa: E402
+from engine.demo.full_size import UNET_CONFIGS, VAE_CONFIG, VAE_SAMPLE_SIZE  # noqa: E402
 from engine.imaging.vae_tiling import VaeTiling, decode  # noqa: E402
 
 
 GIB = 1 << 30
 MIB = 1 << 20
 HIRES_WIDTH, HIRES_HEIGHT = 1536, 2048  # seed 002: 960×1280 × hr_scale 1.6
-SDXL_VAE = {
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
-}
-SDXL_UNET = {
-    "block_out_channels": (320, 640, 1280),
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "layers_per_block": 2,
-    "transformer_layers_per_block": (1, 2, 10),
-    "attention_head_dim": (5, 10, 20),
-    "cross_attention_dim": 2048,
-    "use_linear_projection": True,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 128,
-}
+# The released SDXL architectures, as the full-size random checkpoints use them.
+SDXL_VAE = {**VAE_CONFIG, **VAE_OVERRIDES["sdxl"], "sample_size": VAE_SAMPLE_SIZE["sdxl"]}
+SDXL_UNET = UNET_CONFIGS["sdxl"]
 # IdentityNet is a full-size SDXL ControlNet: the UNet's encoder half with the same blocks.
 SDXL_CONTROLNET = {key: value for key, value in SDXL_UNET.items() if key not in ("up_block_types", "sample_size")}
 # Real-CPU validation cases: (width, height, tile size or None).
