@@ -59,6 +59,21 @@ def find_antelopev2(models_root: Path) -> Path:
     return find_face_pack(models_root, PACK_NAME)
 
 
+def pack_candidates(name: str) -> tuple[Path, Path]:
+    """Where pack `name` may sit, relative to the models folder: `insightface/models/<name>`, or one level deeper
+    (insightface's own zips hold a top-level folder of the pack's name; insightface issues #1525, #2702)."""
+    return PACKS_FOLDER / name, PACKS_FOLDER / name / name
+
+
+def pack_folder(models_root: Path, name: str) -> Path | None:
+    """The first of `pack_candidates(name)` under `models_root` that holds ONNX files, else None."""
+    for relative in pack_candidates(name):
+        folder = Path(models_root) / relative
+        if folder.is_dir() and any(folder.glob("*.onnx")):
+            return folder
+    return None
+
+
 def find_face_pack(models_root: Path, name: str) -> Path:
     """The folder holding pack `name`'s ONNX files under `models_root/insightface/models`. insightface's own
     zips hold a top-level folder of the pack's name, so unpacking one where insightface expects the files
@@ -67,11 +82,10 @@ def find_face_pack(models_root: Path, name: str) -> Path:
     Raises:
         NotFoundError: neither folder holds ONNX files.
     """
-    candidates = (PACKS_FOLDER / name, PACKS_FOLDER / name / name)
-    for relative in candidates:
-        folder = Path(models_root) / relative
-        if folder.is_dir() and any(folder.glob("*.onnx")):
-            return folder
+    folder = pack_folder(models_root, name)
+    if folder is not None:
+        return folder
+    candidates = pack_candidates(name)
     searched = ", ".join(str(Path(models_root) / relative) for relative in candidates)
     raise NotFoundError("insightface", f"no {name} face models ({PACK_FILES[name]}) in {searched}; "
                                        f"{PACK_SOURCE[name]}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.control.faces import PROVIDERS
+from engine.control.faces import PROVIDERS, pack_folder
 from engine.errors import NotFoundError
 
 
@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 PACK_NAME = "buffalo_l"
 PACK_FOLDER = Path("insightface") / "models" / PACK_NAME
-# buffalo_l.zip unpacks flat; a nested copy (as antelopev2's zip makes) is accepted too.
-PACK_CANDIDATES = (PACK_FOLDER, PACK_FOLDER / PACK_NAME)
 NEEDED_TASKS = ("detection", "recognition", "genderage")
 DETECTION_SIZE = (640, 640)
 RETRY_SIZE = (320, 320)  # ReActor's `half_det_size`, tried once when nothing is found at 640
@@ -34,10 +32,9 @@ def find_buffalo_l(models_root: Path) -> Path:
     Raises:
         NotFoundError: neither candidate folder holds ONNX files.
     """
-    for relative in PACK_CANDIDATES:
-        folder = Path(models_root) / relative
-        if folder.is_dir() and any(folder.glob("*.onnx")):
-            return folder
+    folder = pack_folder(models_root, PACK_NAME)
+    if folder is not None:
+        return folder
     raise NotFoundError("alwayson_scripts.reactor", f"ReActor needs insightface's {PACK_NAME} face models "
                                                     f"(det_10g.onnx, w600k_r50.onnx, genderage.onnx) in "
                                                     f"{Path(models_root) / PACK_FOLDER}; run download_models.py "
