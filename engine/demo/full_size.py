@@ -16,10 +16,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from engine.demo.architectures import VAE_OVERRIDES
+from engine.demo.files import written_atomically
 from engine.demo.ldm_format import single_file_state_dict
 from engine.demo.tiny import (
     CHECKPOINT_FOLDER,
-    CHECKPOINT_MODE,
     CONFIG_FOLDER,
     tiny_components,
     write_config_folder,
@@ -110,16 +110,12 @@ def write_full_size_checkpoint(family: str, name: str, models_dir: Path, seed: i
     components = full_size_components(family)
     layout = single_file_state_dict(family, components)  # meta tensors under A1111's key names
     checkpoint = models_dir / CHECKPOINT_FOLDER / f"{name}.safetensors"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    partial = checkpoint.with_suffix(".partial")
     generator = torch.Generator().manual_seed(seed)
-    with partial.open("wb") as file:
+    with written_atomically(checkpoint) as partial, partial.open("wb") as file:
         file.write(_safetensors_header({key: tuple(tensor.shape) for key, tensor in layout.items()}))
         for shape in (tuple(tensor.shape) for tensor in layout.values()):
             weights = torch.randn(shape, generator=generator).mul_(WEIGHT_SCALE).to(torch.float16)
             file.write(weights.numpy().tobytes())
-    partial.chmod(CHECKPOINT_MODE)
-    partial.replace(checkpoint)
     config_folder = write_config_folder(components, models_dir / CONFIG_FOLDER / name)
     (config_folder / "full_size.json").write_text(json.dumps({"family": family, "random_weights": True}))
     return checkpoint

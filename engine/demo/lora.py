@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from engine.demo.files import written_atomically
+
 
 logger = logging.getLogger(__name__)
 
 LORA_FILE = Path("Lora") / "tiny-sd15-style.safetensors"
 RANK = 4
 ALPHA = 2.0
-FILE_MODE = 0o644
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out_0")
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # kohya module names (diffusers-style, as kohya's SD1.5 trainer writes them) with their (out, in) widths in
@@ -37,10 +38,7 @@ def write_tiny_lora(models_dir: Path, seed: int = 0) -> list[Path]:
         tensors[f"{module}.lora_up.weight"] = torch.randn(out_features, RANK, generator=generator) * 0.1
         tensors[f"{module}.alpha"] = torch.tensor(ALPHA)
     path = models_dir / LORA_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file(tensors, partial, {"ss_output_name": path.stem, "demo": "random weights"})
-    partial.chmod(FILE_MODE)
-    partial.replace(path)
+    with written_atomically(path) as partial:
+        save_file(tensors, partial, {"ss_output_name": path.stem, "demo": "random weights"})
     logger.info("wrote demo LoRA %s", path)
     return [path]

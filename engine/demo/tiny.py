@@ -33,6 +33,7 @@ from engine.demo.architectures import (
     VAE_OVERRIDES,
     clip_config,
 )
+from engine.demo.files import written_atomically
 from engine.demo.ldm_format import single_file_state_dict, vae_to_ldm
 from engine.demo.tokenizer import write_clip_tokenizer
 from engine.errors import choices
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 DEMO_METADATA = {"demo": "random weights: produces noise"}
 CHECKPOINT_FOLDER = "Stable-diffusion"
 CONFIG_FOLDER = "configs"
-CHECKPOINT_MODE = 0o644
 # Default initialisation leaves every norm at weight 1 / bias 0 (and some layers at zero), so two swapped
 # norms would still round-trip "bit-identically". A little noise on every parameter makes each tensor unique.
 PARAMETER_JITTER = 0.02
@@ -148,17 +148,13 @@ def write_tiny_vae(family: str, path: Path, seed: int = 1) -> AutoencoderKL:
 
 
 def _save_atomically(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    # safetensors rejects tensors that share storage (views of the models' parameters): save own copies.
-    save_file(
-        {key: tensor.detach().contiguous().clone() for key, tensor in state_dict.items()},
-        partial,
-        DEMO_METADATA,
-    )
-    # safetensors creates its files owner-only; a models folder is usually read by another user (a container).
-    partial.chmod(CHECKPOINT_MODE)
-    partial.replace(path)  # the catalog never sees a half-written file
+    with written_atomically(path) as partial:
+        # safetensors rejects tensors that share storage (views of the models' parameters): save own copies.
+        save_file(
+            {key: tensor.detach().contiguous().clone() for key, tensor in state_dict.items()},
+            partial,
+            DEMO_METADATA,
+        )
 
 
 def _load_tokenizer(pad_token: str) -> CLIPTokenizer:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from engine.demo.files import torch_save_atomically
+
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,6 @@ GFPGAN_FILE = Path("GFPGAN") / "GFPGANv1.4.pth"
 CODEFORMER_FILE = Path("Codeformer") / "codeformer-v0.1.0.pth"
 DETECTOR_FILE = Path("GFPGAN") / "detection_Resnet50_Final.pth"
 PARSER_FILE = Path("GFPGAN") / "parsing_parsenet.pth"
-FILE_MODE = 0o644
 # GFPGANv1Clean's size hyperparameters for the demo (the released model: 512, 2, 8, 1).
 TINY_GFPGAN = {"out_size": 512, "num_style_feat": 32, "channel_multiplier": 1, "num_mlp": 1, "narrow": 1 / 16}
 # CodeFormer's transformer and codebook, the parts spandrel reads from the weights (n_head is fixed at 8).
@@ -66,20 +67,11 @@ def write_tiny_face_restorers(models_dir: Path) -> list[Path]:
 
     models_dir = Path(models_dir)
     written = [
-        _save({"params_ema": tiny_gfpgan().state_dict()}, models_dir / GFPGAN_FILE),
+        torch_save_atomically({"params_ema": tiny_gfpgan().state_dict()}, models_dir / GFPGAN_FILE),
         # These two large files are fp16 (half the size); the loaders copy the values into fp32 networks.
-        _save({"params_ema": tiny_codeformer().state_dict()}, models_dir / CODEFORMER_FILE),
-        _save(tiny_detector_state_dict(), models_dir / DETECTOR_FILE),
-        _save(tiny_parser_state_dict(), models_dir / PARSER_FILE),
+        torch_save_atomically({"params_ema": tiny_codeformer().state_dict()}, models_dir / CODEFORMER_FILE),
+        torch_save_atomically(tiny_detector_state_dict(), models_dir / DETECTOR_FILE),
+        torch_save_atomically(tiny_parser_state_dict(), models_dir / PARSER_FILE),
     ]
     logger.info("wrote demo face restorers %s (random weights)", ", ".join(map(str, written)))
     return written
-
-
-def _save(payload: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    partial.chmod(FILE_MODE)
-    partial.replace(path)  # the catalog never lists a half-written file
-    return path

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
 
+from engine.demo.files import torch_save_atomically
+
 
 logger = logging.getLogger(__name__)
 
 TINY_FEATURES = 8
 TINY_BLOCKS = 1
 TINY_SCALE = 4
-FILE_MODE = 0o644
 REALESRGAN_FILE = Path("RealESRGAN") / "RealESRGAN_x4plus.pth"
 ESRGAN_FILE = Path("ESRGAN") / "ESRGAN_4x.pth"
 
@@ -64,17 +65,8 @@ def write_tiny_esrgan(models_dir: Path) -> list[Path]:
     realesrgan = tiny_rrdbnet(seed=0)
     esrgan = tiny_rrdbnet(seed=1)
     written = [
-        _save({"params_ema": basicsr_state_dict(realesrgan)}, models_dir / REALESRGAN_FILE),
-        _save({key: tensor.detach().clone() for key, tensor in esrgan.state_dict().items()}, models_dir / ESRGAN_FILE),
+        torch_save_atomically({"params_ema": basicsr_state_dict(realesrgan)}, models_dir / REALESRGAN_FILE),
+        torch_save_atomically({key: tensor.detach().clone() for key, tensor in esrgan.state_dict().items()}, models_dir / ESRGAN_FILE),
     ]
     logger.info("wrote demo upscalers %s (random weights: produce noise)", ", ".join(map(str, written)))
     return written
-
-
-def _save(payload: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save(payload, partial)
-    partial.chmod(FILE_MODE)
-    partial.replace(path)  # the catalog never lists a half-written file
-    return path
