@@ -29,7 +29,9 @@ def setup_logging(verbose: bool = False, fmt: str = LOG_FORMAT) -> None:
       casts with `to()`; with an empty list nothing is affected);
     - diffusers' "Loading pipeline components" progress bars (the worker logs one line per load);
     - torchsde's "Should have tb<=t1" warnings: the Brownian tree is queried at the schedule's own end points,
-      which differ from its float64 bounds only in the last digits (k-diffusion in A1111 warns the same way).
+      which differ from its float64 bounds only in the last digits (k-diffusion in A1111 warns the same way);
+    - torch's "`torch.jit.script` is deprecated" FutureWarning, raised when spandrel_extra_arches' CodeFormer is
+      imported (its module decorates a function with `torch.jit.script`): a notice for that package's authors.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt)
     logging.getLogger("diffusers.models.modeling_utils").addFilter(
@@ -39,3 +41,4 @@ def setup_logging(verbose: bool = False, fmt: str = LOG_FORMAT) -> None:
 
     diffusers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=r"Should have t[ab][<>]=t[01]", module=r"torchsde\.")
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -15,6 +15,7 @@ NOISE = (
     "Should have tb<=t1",  # torchsde, at the Brownian tree's end points
     "Should have ta>=t0",
     "Loading pipeline components",  # diffusers' load progress bar
+    "torch.jit.script` is deprecated",  # torch, when spandrel_extra_arches' CodeFormer is imported
 )
 
 
@@ -35,5 +36,16 @@ def test_generate_prints_progress_and_no_third_party_noise(demo_models, tmp_path
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert "batch 1/1" in done.stderr and "wrote" in done.stderr
+    for noise in NOISE:
+        assert noise not in done.stderr, noise
+
+
+def test_demo_models_print_no_third_party_noise(tmp_path):
+    """`demo-models` writes the face restorers, which imports spandrel_extra_arches' CodeFormer."""
+    command = [sys.executable, "-m", "engine", "demo-models", str(tmp_path / "models")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "models" / "Codeformer").is_dir()
     for noise in NOISE:
         assert noise not in done.stderr, noise
