@@ -99,13 +99,21 @@ class OptionsStore:
     only (A1111 also writes config.json; a serverless worker has nowhere lasting to write). Thread-safe.
     """
 
-    def __init__(self, catalog: ModelCatalog, default_checkpoint: Callable[[], CheckpointEntry | None]):
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        default_checkpoint: Callable[[], CheckpointEntry | None],
+        worker_defaults: Mapping[str, Any] | None = None,
+    ):
         """Args:
         catalog: resolves `sd_model_checkpoint` names.
         default_checkpoint: the checkpoint used while none is set (the engine's configured default).
+        worker_defaults: options whose default the worker's settings change (`PAD_COND_UNCOND`), listed in
+            place of A1111's default; the translation reads the same settings.
         """
         self._catalog = catalog
         self._default_checkpoint = default_checkpoint
+        self._defaults = {**DEFAULTS, **(worker_defaults or {})}
         self._values: dict[str, Any] = {}  # options this worker reads, set on purpose
         self._stored: dict[str, Any] = {}  # other A1111 options a client stored: listed, never used
         self._lock = threading.Lock()
@@ -179,7 +187,7 @@ class OptionsStore:
         """`GET /sdapi/v1/options`: every option this worker reads, what clients stored, and the checkpoint
         in use by its A1111 title (with `sd_checkpoint_hash`, its sha256 when known)."""
         with self._lock:
-            body = {**DEFAULTS, **self._stored, **self._values}
+            body = {**self._defaults, **self._stored, **self._values}
         entry = self.checkpoint()
         body["sd_model_checkpoint"] = entry.title if entry else None
         body["sd_checkpoint_hash"] = (

@@ -14,6 +14,7 @@ from engine.sampling.guidance import GuidedUNet
 from engine.sampling.loop import StepCallback, StopCheck, denoise
 from engine.sampling.noise import ImageNoise
 from engine.sampling.schedulers import prepare_sampler
+from engine.sampling.step_cache import StepCache
 
 
 LATENT_CHANNELS = 4
@@ -131,6 +132,7 @@ def run_pass(
         control=stack,
         image_conditioning=image_conditioning,
         rows_per_call=pipe.unet_rows_per_call,
+        step_cache=_step_cache(pipe, control),
     )
     start = initial * sampler.start_sigma
     # What a stop before the first model call leaves (A1111's `last_latent` before sampling starts).
@@ -152,6 +154,8 @@ def run_pass(
     # A1111 blends once more after sampling, so unmasked latents are exactly the original's.
     latents = init.blend(latents) if init is not None else latents
     extra, notes = dict(conditioning.extra_generation_params), conditioning.notes
+    if pipe.step_caching is not None:
+        extra.update(pipe.step_caching.infotext())  # it changes pixels: the image says how it was made
     if refiner is not None and refiner.by_sampling_steps:
         # A1111 writes it at the first model call of a pass that may switch, whether it switches or not.
         extra["Refiner switch by sampling steps"] = True
@@ -167,7 +171,23 @@ def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> Guid
     """The refiner's guided UNet: the same prompts encoded by its own text encoder(s), at this pass's size
     and step count (A1111 `setup_conds` on the refiner), with its own added conditions (aesthetic score)."""
     conditioning = _conditioning(pipe, request, embeddings)
-    return GuidedUNet(pipe.unet, request.guidance_scale, conditioning, rows_per_call=pipe.unet_rows_per_call)
+    return GuidedUNet(
+        pipe.unet,
+        request.guidance_scale,
+        conditioning,
+        rows_per_call=pipe.unet_rows_per_call,
+        step_cache=_step_cache(pipe, None),
+    )
+
+
+def _step_cache(pipe: A1111Pipeline, control) -> StepCache | None:
+    """A fresh DeepCache state for one pass (each pass, hires fix and refiner included, starts with a full UNet
+    call), or None when the worker does not cache steps."""
+    if pipe.step_caching is None:
+        return None
+    if control is not None:
+        raise pipe.step_caching.control_error()
+    return StepCache(pipe.unet, pipe.step_caching)
 
 
 def _conditioning(pipe: A1111Pipeline, request: PassRequest, embeddings):

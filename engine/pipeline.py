@@ -10,6 +10,7 @@ from engine.imaging import vae_tiling
 from engine.imaging.vae_tiling import VaeTiling
 from engine.prompts.embeddings import SDXL_KEYS
 from engine.prompts.encode import ClipSlot, Parser, PromptEncoder
+from engine.speedups import StepCaching
 
 
 # An inpainting UNet reads the noisy latent (4 channels), the mask (1) and the masked image's latent (4).
@@ -52,6 +53,8 @@ class A1111Pipeline(DiffusionPipeline):
         self.vae_tiling = VaeTiling()
         # Rows per UNet call (None: the whole CFG batch at once); views for a lower-memory retry lower it.
         self.unet_rows_per_call: int | None = None
+        # DeepCache step caching for every pass on this UNet (the worker's DEEPCACHE_* settings); None: off.
+        self.step_caching: StepCaching | None = None
 
     @property
     def is_sdxl(self) -> bool:
@@ -79,6 +82,7 @@ class A1111Pipeline(DiffusionPipeline):
         view = A1111Pipeline(**{**self.components, "vae": vae})
         view.vae_tiling = self.vae_tiling
         view.unet_rows_per_call = self.unet_rows_per_call
+        view.step_caching = self.step_caching
         return view
 
     def with_low_memory(self, vae_tiling: VaeTiling, unet_rows_per_call: int) -> "A1111Pipeline":
@@ -87,6 +91,7 @@ class A1111Pipeline(DiffusionPipeline):
         view = A1111Pipeline(**self.components)
         view.vae_tiling = vae_tiling
         view.unet_rows_per_call = unet_rows_per_call
+        view.step_caching = self.step_caching
         return view
 
     def prompt_encoder(self, parse: Parser, comma_backtrack: int = 20) -> PromptEncoder:

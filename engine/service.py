@@ -27,6 +27,7 @@ from engine.resources.trusted_pickles import TrustedPickles
 from engine.resources.vae import ExternalVaes
 from engine.restore.registry import FaceRestorers
 from engine.result import GenerationResult, request_parameters
+from engine.sampling.step_cache import ShallowPath
 from engine.scripts import ScriptContext, run_script
 from engine.settings import Settings
 from engine.threads import use_torch_threads
@@ -65,7 +66,9 @@ class Engine:
             budget_bytes=resolve_budget(settings.model_memory_budget_gb, self.precision.device),
             estimate=self._estimate,
         )
-        self.options = OptionsStore(self.catalog, self.default_checkpoint)
+        self.options = OptionsStore(
+            self.catalog, self.default_checkpoint, worker_defaults=settings.speedups.option_defaults()
+        )
         self.jobs = JobState()
         self.upscalers = Upscalers(self.catalog, self.precision.device, self.precision.dtype)
         self.detectors = DetectorCache(
@@ -214,6 +217,9 @@ class Engine:
         pipeline.vae_tiling = VaeTiling(above_pixels=self.settings.vae_tile_above_pixels)
         speedups = self.settings.speedups
         speedups.prepare_denoiser(pipeline.unet)
+        if speedups.step_caching is not None:
+            ShallowPath(pipeline.unet, speedups.step_caching.branch)  # a branch this UNet lacks fails at load
+            pipeline.step_caching = speedups.step_caching
         if speedups.sdxl_vae_fp16_fix and pipeline.is_sdxl:
             fixed = self.vaes.fp16_fixed(entry, self.precision)
             pipeline = pipeline.with_vae(fixed) if fixed is not None else pipeline

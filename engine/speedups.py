@@ -12,6 +12,9 @@ same way. Each is a worker setting read from the environment:
   `sdxl-vae-fp16-fix`) when such a file is in `models/VAE`, in fp16, instead of the original VAE upcast to fp32.
   Changes pixels slightly (the fixed VAE is a fine-tune).
 - `PAD_COND_UNCOND=1`: the worker default of A1111's `pad_cond_uncond` option (see `engine.prompts.options`).
+- `DEEPCACHE_INTERVAL=N` (N >= 2), `DEEPCACHE_BRANCH=B`: DeepCache step caching (`engine.sampling.step_cache`):
+  the whole UNet runs at every N-th model call of a pass, the calls between reuse its deep features and run
+  only the layers around skip branch B. Changes pixels; the infotext says so.
 """
 
 import logging
@@ -19,6 +22,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from engine.errors import UnsupportedError
 
 
 logger = logging.getLogger(__name__)
@@ -32,6 +37,27 @@ FALSE = ("", "0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
+class StepCaching:
+    """DeepCache's uniform schedule: the full UNet at every `interval`-th model call of a pass, and between them
+    only the layers outside skip branch `branch` (0 = the shallowest, DeepCache's Stable Diffusion setting)."""
+
+    interval: int
+    branch: int = 0
+
+    def infotext(self) -> dict[str, int]:
+        return {"DeepCache interval": self.interval, "DeepCache branch": self.branch}
+
+    def control_error(self) -> UnsupportedError:
+        """Why a request with control units fails: their residuals and image tokens feed the layers a cached
+        call skips, so they would act on one call in `interval` only."""
+        return UnsupportedError(
+            "alwayson_scripts.controlnet",
+            "ControlNet, T2I-Adapter, IP-Adapter and InstantID units cannot run on this worker: it caches UNet "
+            f"steps (DEEPCACHE_INTERVAL={self.interval}), which skips the layers they feed",
+        )
+
+
+@dataclass(frozen=True)
 class SpeedUps:
     """Which opt-in speed-ups the worker applies (all off: A1111's results, eager PyTorch)."""
 
@@ -39,15 +65,39 @@ class SpeedUps:
     channels_last: bool = False
     sdxl_vae_fp16_fix: bool = False
     pad_cond_uncond: bool = False
+    deepcache_interval: int = 0  # 0: off
+    deepcache_branch: int = 0
+
+    def __post_init__(self):
+        if self.deepcache_interval != 0 and self.deepcache_interval < 2:
+            raise ValueError(
+                f"DEEPCACHE_INTERVAL must be 0 (off) or an integer >= 2, got {self.deepcache_interval} "
+                "(1 would run the whole UNet at every call, i.e. no caching)"
+            )
+        if self.deepcache_branch < 0:
+            raise ValueError(f"DEEPCACHE_BRANCH must be an integer >= 0, got {self.deepcache_branch}")
+
+    @property
+    def step_caching(self) -> StepCaching | None:
+        if not self.deepcache_interval:
+            return None
+        return StepCaching(self.deepcache_interval, self.deepcache_branch)
+
+    def option_defaults(self) -> dict[str, bool]:
+        """A1111 options whose worker default these settings change, as `GET /sdapi/v1/options` lists them."""
+        return {"pad_cond_uncond": self.pad_cond_uncond}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SpeedUps":
-        """`COMPILE_UNET`, `CHANNELS_LAST`, `SDXL_VAE_FP16_FIX`, `PAD_COND_UNCOND`: 1/true/yes/on or 0/false/no/off."""
+        """`COMPILE_UNET`, `CHANNELS_LAST`, `SDXL_VAE_FP16_FIX`, `PAD_COND_UNCOND`: 1/true/yes/on or
+        0/false/no/off; `DEEPCACHE_INTERVAL` and `DEEPCACHE_BRANCH`: integers (unset = 0)."""
         return cls(
             compile_unet=_flag(env, "COMPILE_UNET"),
             channels_last=_flag(env, "CHANNELS_LAST"),
             sdxl_vae_fp16_fix=_flag(env, "SDXL_VAE_FP16_FIX"),
             pad_cond_uncond=_flag(env, "PAD_COND_UNCOND"),
+            deepcache_interval=_integer(env, "DEEPCACHE_INTERVAL", "0 (off) or an integer >= 2"),
+            deepcache_branch=_integer(env, "DEEPCACHE_BRANCH", "an integer >= 0"),
         )
 
     def prepare_denoiser(self, model):
@@ -93,3 +143,11 @@ def _flag(env: Mapping[str, str], key: str) -> bool:
     if raw in FALSE:
         return False
     raise ValueError(f"environment variable {key} must be one of 1/true/yes/on or 0/false/no/off, got {raw!r}")
+
+
+def _integer(env: Mapping[str, str], key: str, accepted: str) -> int:
+    raw = env.get(key, "").strip()
+    try:
+        return int(raw) if raw else 0
+    except ValueError:
+        raise ValueError(f"environment variable {key} must be {accepted}, got {raw!r}") from None

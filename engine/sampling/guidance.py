@@ -49,6 +49,8 @@ class GuidedUNet:
     channel axis, as A1111's `c_concat` for inpainting checkpoints (mask + masked image's latent).
     `rows_per_call` caps the rows of one UNet call (the lower-memory retry after running out of memory runs
     one row at a time): the same result up to float rounding, less activation memory.
+    `step_cache` (an `engine.sampling.step_cache.StepCache`, DeepCache) runs most calls on the shallow layers
+    only; it cannot be combined with `control`, whose residuals feed the layers it skips.
     """
 
     def __init__(
@@ -59,13 +61,17 @@ class GuidedUNet:
         control=None,
         image_conditioning: torch.Tensor | None = None,
         rows_per_call: int | None = None,
+        step_cache=None,
     ):
+        if step_cache is not None and control is not None:
+            raise ValueError("step caching cannot run with a control stack")
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.conditioning_at = conditioning_at
         self.control = control
         self.image_conditioning = image_conditioning
         self.rows_per_call = rows_per_call
+        self.step_cache = step_cache
         # Read once: diffusers' `ModelMixin.dtype` walks every submodule, milliseconds at each UNet call.
         self.dtype = unet.dtype
         self.calls = 0
@@ -137,7 +143,12 @@ class GuidedUNet:
             # Each row takes its image's conditioning, cond and uncond rows alike (A1111 `image_cond_in`).
             images = [*rows.cond_images, *rows.uncond_images]
             x = torch.cat([x, self.image_conditioning[images].to(device=x.device, dtype=dtype)], dim=1)
-        output = self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
+        if self.step_cache is not None:
+            # Each batch layout keeps its own deep features: cond and uncond calls never share them.
+            key = (tuple(rows.cond_images), tuple(rows.uncond_images))
+            output = self.step_cache(key, call_index, x, t, context, added).float()
+        else:
+            output = self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
         if self.control is not None:
             # sd-webui-controlnet's blends on the UNet's output (inpaint_only, tile_colorfix).
             output = self.control.adjust_output(output, latent, torch.as_tensor(t), rows.layout())

@@ -1,0 +1,197 @@
+"""DeepCache step caching (`DEEPCACHE_INTERVAL`): the setting, the shallow path against diffusers' own forward,
+the schedule of full UNet calls, per-call caches, passes starting afresh, and a whole txt2img with it."""
+
+import base64
+import collections
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import Engine
+from engine.demo.tiny import tiny_components
+from engine.errors import RequestError
+from engine.sampling.guidance import GuidedUNet, StepConditioning, constant
+from engine.sampling.step_cache import ShallowPath, StepCache
+from engine.settings import Settings
+from engine.speedups import SpeedUps, StepCaching
+from tests.test_host_sync import DEVICE, sampler_run_waits
+
+
+@pytest.fixture(scope="module")
+def unets():
+    return {family: tiny_components(family)["unet"] for family in ("sd15", "sdxl")}
+
+
+def _inputs(unet, batch=2, size=(8, 8), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    config = unet.config
+    x = torch.randn(batch, 4, *size, generator=generator)
+    context = torch.randn(batch, 77, config.cross_attention_dim, generator=generator)
+    added = None
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(batch, pooled, generator=generator), "time_ids": torch.rand(batch, 6)}
+    return x, torch.tensor(500.0 + seed), context, added
+
+
+def _deep_calls(unet) -> collections.Counter:
+    """Counts the mid block's forwards: it runs in a full UNet call only."""
+    counter = collections.Counter()
+    unet.mid_block.register_forward_hook(lambda module, args, output: counter.update(["full"]))
+    return counter
+
+
+def test_setting_is_off_by_default_and_checked():
+    assert SpeedUps().step_caching is None and Settings().speedups.deepcache_interval == 0
+    speedups = SpeedUps.from_env({"DEEPCACHE_INTERVAL": "3", "DEEPCACHE_BRANCH": "2"})
+    assert speedups.step_caching == StepCaching(3, 2)
+    assert SpeedUps.from_env({"DEEPCACHE_INTERVAL": "0"}).step_caching is None
+    for env, accepted in [
+        ({"DEEPCACHE_INTERVAL": "1"}, "0 \\(off\\) or an integer >= 2"),
+        ({"DEEPCACHE_INTERVAL": "three"}, "0 \\(off\\) or an integer >= 2"),
+        ({"DEEPCACHE_BRANCH": "-1"}, "DEEPCACHE_BRANCH must be an integer >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=accepted):
+            SpeedUps.from_env(env)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("size", [(8, 8), (10, 6)])  # (10, 6): diffusers passes the upsamplers explicit sizes
+@torch.no_grad()
+def test_shallow_path_with_its_own_deep_feature_is_diffusers_forward(unets, family, size):
+    """Every branch: diffusers' output, bit for bit, when the deep feature comes from the same input; another
+    input's deep feature changes it (so the check can fail)."""
+    unet = unets[family]
+    x, t, context, added = _inputs(unet, size=size)
+    reference = unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    branches = 12 if family == "sd15" else 9  # the released architectures' skip connections
+    for branch in range(branches):
+        path = ShallowPath(unet, branch)
+        full, deep = path.full(x, t, context, added)
+        assert torch.equal(full, reference)
+        assert torch.equal(path.shallow(x, t, context, added, deep), reference), f"branch {branch}"
+        _, other = path.full(*_inputs(unet, size=size, seed=1))
+        assert not torch.allclose(path.shallow(x, t, context, added, other), reference)
+    with pytest.raises(ValueError, match=f"DEEPCACHE_BRANCH must be from 0 to {branches - 1}"):
+        ShallowPath(unet, branches)
+
+
+@torch.no_grad()
+def test_interval_one_is_the_plain_unet_bit_for_bit(unets):
+    unet = unets["sd15"]
+    x, t, context, _ = _inputs(unet)
+    conditioning = constant(StepConditioning(cond=context[:1], uncond=context[1:]))
+    plain = GuidedUNet(unet, 7.0, conditioning)
+    cached = GuidedUNet(unet, 7.0, conditioning, step_cache=StepCache(unet, StepCaching(1)))
+    for call in range(3):
+        assert torch.equal(cached(x[:1], t - 100 * call, call), plain(x[:1], t - 100 * call, call))
+    assert cached.step_cache.shallow_calls == 0
+
+
+@pytest.mark.parametrize(("calls", "interval"), [(7, 3), (6, 2), (5, 5)])
+@torch.no_grad()
+def test_full_unet_runs_once_every_interval_calls(calls, interval):
+    unet = tiny_components("sd15")["unet"]
+    counter = _deep_calls(unet)
+    x, t, context, _ = _inputs(unet)
+    guided = GuidedUNet(
+        unet, 7.0, constant(StepConditioning(cond=context[:1], uncond=context[1:])),
+        step_cache=StepCache(unet, StepCaching(interval)),
+    )
+    for call in range(calls):
+        guided(x[:1], t, call)
+    assert counter["full"] == math.ceil(calls / interval) == guided.step_cache.full_calls
+    assert guided.step_cache.shallow_calls == calls - counter["full"]
+
+
+@torch.no_grad()
+def test_separate_cond_and_uncond_calls_each_reuse_their_own_features(unets):
+    """Prompts of different token counts run as two UNet calls per step: each keeps its own deep feature."""
+    unet = unets["sd15"]
+    x, t, context, _ = _inputs(unet)
+    cond, uncond = context[:1], torch.cat([context[1:], context[1:]], dim=1)  # 77 against 154 tokens
+    guided = GuidedUNet(
+        unet, 5.0, constant(StepConditioning(cond=cond, uncond=uncond)), step_cache=StepCache(unet, StepCaching(2))
+    )
+    guided(x[:1], t, 0)
+    assert len(guided.step_cache.entries) == 2
+    later = t - 50
+    cached = guided(x[:1], later, 1)
+    path = ShallowPath(unet, 0)
+    _, deep_cond = path.full(x[:1], t, cond, None)
+    _, deep_uncond = path.full(x[:1], t, uncond, None)
+    cond_eps = path.shallow(x[:1], later, cond, None, deep_cond)
+    uncond_eps = path.shallow(x[:1], later, uncond, None, deep_uncond)
+    assert torch.equal(cached, uncond_eps + 5.0 * (cond_eps - uncond_eps))
+    assert guided.calls == 4 and guided.step_cache.full_calls == 2
+
+
+def test_cached_steps_never_wait_for_the_device():
+    """As `tests/test_host_sync.py` counts the plain loop: the schedule is decided from host call counts."""
+    unet = tiny_components("sd15")["unet"].eval().to(DEVICE)
+    width = unet.config.cross_attention_dim
+    conditioning = StepConditioning(cond=torch.zeros(2, 77, width, device=DEVICE),
+                                    uncond=torch.zeros(2, 77, width, device=DEVICE))
+
+    def waits(steps):
+        guided = GuidedUNet(unet, 7.0, constant(conditioning), step_cache=StepCache(unet, StepCaching(3)))
+        with torch.no_grad():
+            counted = sampler_run_waits("DPM++ 2M", steps, guided)
+        assert guided.step_cache.shallow_calls > 0
+        return counted
+
+    assert waits(4) == waits(7) == collections.Counter()
+
+
+# --- the whole engine ----------------------------------------------------------------------------------------
+
+PAYLOAD = {"prompt": "a red fox", "negative_prompt": "blur", "seed": 7, "steps": 6, "width": 64, "height": 64,
+           "sampler_name": "Euler"}
+
+
+@pytest.fixture(scope="module")
+def cached_engine(demo_models):
+    return Engine.from_models_dir(demo_models, device="cpu", default_checkpoint="tiny-sd15",
+                                  speedups=SpeedUps(deepcache_interval=3))
+
+
+def test_txt2img_with_step_caching_stays_close_to_the_plain_image(cached_engine, sd15_engine):
+    plain = np.asarray(sd15_engine.txt2img(PAYLOAD).images[0], dtype=np.float32)
+    result = cached_engine.txt2img(PAYLOAD)
+    cached = np.asarray(result.images[0], dtype=np.float32)
+    difference = np.abs(cached - plain).mean()
+    assert 0 < difference < 12, difference  # pixels change, moderately (tiny random weights exaggerate it)
+    assert "DeepCache interval: 3, DeepCache branch: 0" in result.info
+    again = np.asarray(cached_engine.txt2img(PAYLOAD).images[0], dtype=np.float32)
+    np.testing.assert_array_equal(again, cached)  # nothing carried over from the previous request
+
+
+def test_every_pass_starts_with_a_full_unet_call(cached_engine):
+    """Base pass 6 steps, hires pass 4: ceil(6 / 3) + ceil(4 / 3) full calls, one batch each (CFG batched)."""
+    unet = cached_engine.pipelines.get(cached_engine.catalog.find_checkpoint("tiny-sd15")).unet
+    counter = _deep_calls(unet)
+    payload = {**PAYLOAD, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 4, "denoising_strength": 0.5,
+               "hr_upscaler": "Latent"}
+    result = cached_engine.txt2img(payload)
+    assert counter["full"] == 2 + 2
+    assert "DeepCache interval: 3" in result.info
+
+
+def test_control_units_are_refused_with_the_setting_named(cached_engine):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(png, format="PNG")
+    unit = {"module": "none", "model": "control_v11e_sd15_shuffle", "image": base64.b64encode(png.getvalue()).decode()}
+    payload = {**PAYLOAD, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    with pytest.raises(RequestError, match="DEEPCACHE_INTERVAL=3"):
+        cached_engine.txt2img(payload)
+
+
+def test_options_listing_shows_the_workers_pad_cond_uncond(demo_models):
+    engine = Engine(Settings(models_dir=demo_models, device="cpu", speedups=SpeedUps(pad_cond_uncond=True)))
+    assert engine.handle("GET", "/sdapi/v1/options", {})["pad_cond_uncond"] is True
+    plain = Engine(Settings(models_dir=demo_models, device="cpu"))
+    assert plain.handle("GET", "/sdapi/v1/options", {})["pad_cond_uncond"] is False
