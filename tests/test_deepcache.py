@@ -186,7 +186,11 @@ def test_control_units_are_refused_with_the_setting_named(cached_engine):
     Image.new("RGB", (64, 64), "gray").save(png, format="PNG")
     unit = {"module": "none", "model": "control_v11e_sd15_shuffle", "image": base64.b64encode(png.getvalue()).decode()}
     payload = {**PAYLOAD, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
-    with pytest.raises(RequestError, match="DEEPCACHE_INTERVAL=3"):
+    with pytest.raises(RequestError, match=r"^alwayson_scripts.controlnet: .*DEEPCACHE_INTERVAL=3"):
+        cached_engine.txt2img(payload)
+    detailer = {"ad_model": "face_yolov8n.pt", "ad_controlnet_model": "control_v11p_sd15_inpaint"}
+    payload = {**PAYLOAD, "alwayson_scripts": {"ADetailer": {"args": [True, False, detailer]}}}
+    with pytest.raises(RequestError, match=r"^alwayson_scripts.ADetailer.ad_controlnet_model: .*DEEPCACHE"):
         cached_engine.txt2img(payload)
 
 
