@@ -63,19 +63,19 @@ def test_setting_is_off_by_default_and_checked():
 @pytest.mark.parametrize("size", [(8, 8), (10, 6)])  # (10, 6): diffusers passes the upsamplers explicit sizes
 @torch.no_grad()
 def test_shallow_path_with_its_own_deep_feature_is_diffusers_forward(unets, family, size):
-    """Every branch: diffusers' output, bit for bit, when the deep feature comes from the same input; another
-    input's deep feature changes it (so the check can fail)."""
+    """diffusers' output, bit for bit, when the deep feature comes from the same input (the shallowest branch,
+    the first past a downsampler, the deepest); another input's deep feature changes it (the check can fail)."""
     unet = unets[family]
     x, t, context, added = _inputs(unet, size=size)
     reference = unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
     branches = 12 if family == "sd15" else 9  # the released architectures' skip connections
-    for branch in range(branches):
+    for branch in (0, 3, branches - 1):
         path = ShallowPath(unet, branch)
         full, deep = path.full(x, t, context, added)
         assert torch.equal(full, reference)
         assert torch.equal(path.shallow(x, t, context, added, deep), reference), f"branch {branch}"
-        _, other = path.full(*_inputs(unet, size=size, seed=1))
-        assert not torch.allclose(path.shallow(x, t, context, added, other), reference)
+    _, other = path.full(*_inputs(unet, size=size, seed=1))
+    assert not torch.allclose(path.shallow(x, t, context, added, other), reference)
     with pytest.raises(ValueError, match=f"DEEPCACHE_BRANCH must be from 0 to {branches - 1}"):
         ShallowPath(unet, branches)
 
@@ -179,6 +179,22 @@ def test_every_pass_starts_with_a_full_unet_call(cached_engine):
     result = cached_engine.txt2img(payload)
     assert counter["full"] == 2 + 2
     assert "DeepCache interval: 3" in result.info
+
+
+def test_the_refiner_starts_its_own_cache_at_the_switch(demo_models):
+    """SDXL base then refiner in one pass: each UNet's first call is full, then one in three."""
+    engine = Engine.from_models_dir(demo_models, device="cpu", default_checkpoint="tiny-sdxl",
+                                    speedups=SpeedUps(deepcache_interval=3))
+    counts = {}
+    for name in ("tiny-sdxl", "tiny-sdxl_refiner"):
+        unet = engine.pipelines.get(engine.catalog.find_checkpoint(name)).unet
+        counts[name] = _deep_calls(unet)
+        unet.conv_out.register_forward_hook(lambda module, args, output, c=counts[name]: c.update(["any"]))
+    payload = {**PAYLOAD, "steps": 10, "refiner_checkpoint": "tiny-sdxl_refiner", "refiner_switch_at": 0.6}
+    result = engine.txt2img(payload)
+    base, refiner = counts["tiny-sdxl"], counts["tiny-sdxl_refiner"]
+    assert base["any"] + refiner["any"] == result.unet_calls == 10 and refiner["any"] > 0
+    assert base["full"] == math.ceil(base["any"] / 3) and refiner["full"] == math.ceil(refiner["any"] / 3)
 
 
 def test_control_units_are_refused_with_the_setting_named(cached_engine):
