@@ -50,7 +50,7 @@ def run_generation(engine, name: str, request, plan: GenerationPlan, on_progress
         caching = engine.settings.speedups.step_caching
         if caching is not None and plan.control_units:
             raise caching.control_error()  # before any model loads or pass runs
-        if caching is not None and any(unit.controlnet is not None for unit in plan.detailers):
+        if caching is not None and any(unit.controlnets for unit in plan.detailers):
             raise caching.control_error("alwayson_scripts.ADetailer.ad_controlnet_model")
         models = load_models(engine, plan, resolved)
         if plan.vae_tiling is not None:
