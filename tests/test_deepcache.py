@@ -171,12 +171,14 @@ def test_txt2img_with_step_caching_stays_close_to_the_plain_image(cached_engine,
 
 
 def test_every_pass_starts_with_a_full_unet_call(cached_engine):
-    """Base pass 6 steps, hires pass 4: ceil(6 / 3) + ceil(4 / 3) full calls, one batch each (CFG batched)."""
+    """Base pass (5 calls) then hires pass: each starts afresh, ceil(calls / 3) full calls each (CFG batched);
+    one schedule running on through both passes would make 3 full calls of 9, not 2 + 2."""
     unet = cached_engine.pipelines.get(cached_engine.catalog.find_checkpoint("tiny-sd15")).unet
     counter = _deep_calls(unet)
-    payload = {**PAYLOAD, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 4, "denoising_strength": 0.5,
-               "hr_upscaler": "Latent"}
+    payload = {**PAYLOAD, "steps": 5, "enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 4,
+               "denoising_strength": 0.5, "hr_upscaler": "Latent"}
     result = cached_engine.txt2img(payload)
+    assert result.unet_calls == 5 + 4
     assert counter["full"] == 2 + 2
     assert "DeepCache interval: 3" in result.info
 
