@@ -47,11 +47,6 @@ def run_generation(engine, name: str, request, plan: GenerationPlan, on_progress
     with engine.jobs.running(name, request.force_task_id, passes, engine.settings.job_timeout_s) as running:
         # New or changed embedding files are picked up without a restart (A1111 rescans before each job).
         engine.embeddings.refresh()
-        caching = engine.settings.speedups.step_caching
-        if caching is not None and plan.control_units:
-            raise caching.control_error()  # before any model loads or pass runs
-        if caching is not None and any(unit.controlnets for unit in plan.detailers):
-            raise caching.control_error("alwayson_scripts.ADetailer.ad_controlnet_model")
         models = load_models(engine, plan, resolved)
         if plan.vae_tiling is not None:
             models = _with_vae_tiling(models, plan.vae_tiling)

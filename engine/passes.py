@@ -132,7 +132,7 @@ def run_pass(
         control=stack,
         image_conditioning=image_conditioning,
         rows_per_call=pipe.unet_rows_per_call,
-        step_cache=_step_cache(pipe, control),
+        step_cache=_step_cache(pipe),
     )
     start = initial * sampler.start_sigma
     # What a stop before the first model call leaves (A1111's `last_latent` before sampling starts).
@@ -176,17 +176,15 @@ def _refiner_unet(pipe: A1111Pipeline, request: PassRequest, embeddings) -> Guid
         request.guidance_scale,
         conditioning,
         rows_per_call=pipe.unet_rows_per_call,
-        step_cache=_step_cache(pipe, None),
+        step_cache=_step_cache(pipe),
     )
 
 
-def _step_cache(pipe: A1111Pipeline, control) -> StepCache | None:
+def _step_cache(pipe: A1111Pipeline) -> StepCache | None:
     """A fresh DeepCache state for one pass (each pass, hires fix and refiner included, starts with a full UNet
     call), or None when the worker does not cache steps."""
     if pipe.step_caching is None:
         return None
-    if control is not None:
-        raise pipe.step_caching.control_error()
     return StepCache(pipe.unet, pipe.step_caching)
 
 

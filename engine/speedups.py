@@ -23,8 +23,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.errors import UnsupportedError
-
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +44,6 @@ class StepCaching:
 
     def infotext(self) -> dict[str, int]:
         return {"DeepCache interval": self.interval, "DeepCache branch": self.branch}
-
-    def control_error(self, field: str = "alwayson_scripts.controlnet") -> UnsupportedError:
-        """Why a request with control units fails: their residuals and image tokens feed the layers a cached
-        call skips, so they would act on one call in `interval` only."""
-        return UnsupportedError(
-            field,
-            "ControlNet, T2I-Adapter, IP-Adapter and InstantID units cannot run on this worker: it caches UNet "
-            f"steps (DEEPCACHE_INTERVAL={self.interval}), which skips the layers they feed",
-        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ the schedule of full UNet calls, per-call caches, passes starting afresh, and a 
 import base64
 import collections
 import io
+import json
 import math
 
 import numpy as np
@@ -13,7 +14,6 @@ from PIL import Image
 
 from engine import Engine
 from engine.demo.tiny import tiny_components
-from engine.errors import RequestError
 from engine.sampling.guidance import GuidedUNet, StepConditioning, constant
 from engine.sampling.step_cache import ShallowPath, StepCache
 from engine.settings import Settings
@@ -71,13 +71,56 @@ def test_shallow_path_with_its_own_deep_feature_is_diffusers_forward(unets, fami
     branches = 12 if family == "sd15" else 9  # the released architectures' skip connections
     for branch in (0, 3, branches - 1):
         path = ShallowPath(unet, branch)
-        full, deep = path.full(x, t, context, added)
+        full, deep = path.full(x, t, context, {"added_cond_kwargs": added})
         assert torch.equal(full, reference)
-        assert torch.equal(path.shallow(x, t, context, added, deep), reference), f"branch {branch}"
-    _, other = path.full(*_inputs(unet, size=size, seed=1))
-    assert not torch.allclose(path.shallow(x, t, context, added, other), reference)
+        shallow = path.shallow(x, t, context, {"added_cond_kwargs": added}, deep)
+        assert torch.equal(shallow, reference), f"branch {branch}"
+    _, other = path.full(*_inputs(unet, size=size, seed=1)[:3], {"added_cond_kwargs": _inputs(unet, seed=1)[3]})
+    assert not torch.allclose(path.shallow(x, t, context, {"added_cond_kwargs": added}, other), reference)
     with pytest.raises(ValueError, match=f"DEEPCACHE_BRANCH must be from 0 to {branches - 1}"):
         ShallowPath(unet, branches)
+
+
+def _control_inputs(unet, x, t, context, added):
+    """A factory of diffusers' ControlNet and T2I-Adapter inputs (random, at the shapes this UNet adds them):
+    a fresh list each time, since diffusers pops the adapter features as it adds them."""
+    skips, adapter_points = [], []
+    hooks = [unet.conv_in.register_forward_hook(lambda module, args, output: skips.append(output.shape))]
+    for block in unet.down_blocks:
+        def record(module, args, output):
+            hidden, res = output
+            skips.extend(sample.shape for sample in res)
+            # diffusers adds a block's adapter feature to its last layer (cross-attention) or its output.
+            cross = getattr(module, "has_cross_attention", False)
+            adapter_points.append(res[len(module.resnets) - 1].shape if cross else hidden.shape)
+        hooks.append(block.register_forward_hook(record))
+    unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added)
+    for hook in hooks:
+        hook.remove()
+    generator = torch.Generator().manual_seed(5)
+    down = tuple(torch.randn(shape, generator=generator) for shape in skips)
+    mid = torch.randn(skips[-1], generator=generator)  # the mid block keeps the deepest feature's shape
+    features = [torch.randn(shape, generator=generator) for shape in adapter_points[:3]]
+    return lambda: {"added_cond_kwargs": added, "down_block_additional_residuals": down,
+                    "mid_block_additional_residual": mid, "down_intrablock_additional_residuals": list(features)}
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@torch.no_grad()
+def test_shallow_path_adds_controlnet_and_adapter_inputs_as_diffusers_does(unets, family):
+    """ControlNet residuals on every skip feature, T2I-Adapter features inside the first three down blocks: the
+    shallow path with its own deep feature still gives diffusers' output, at every branch."""
+    unet = unets[family]
+    x, t, context, added = _inputs(unet, size=(10, 6))
+    inputs = _control_inputs(unet, x, t, context, added)
+    reference = unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs())[0]
+    plain = unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    assert not torch.allclose(reference, plain)  # the inputs matter
+    for branch in range(12 if family == "sd15" else 9):
+        path = ShallowPath(unet, branch)
+        full, deep = path.full(x, t, context, inputs())
+        assert torch.equal(full, reference)
+        assert torch.equal(path.shallow(x, t, context, inputs(), deep), reference), f"branch {branch}"
 
 
 @torch.no_grad()
@@ -122,10 +165,10 @@ def test_separate_cond_and_uncond_calls_each_reuse_their_own_features(unets):
     later = t - 50
     cached = guided(x[:1], later, 1)
     path = ShallowPath(unet, 0)
-    _, deep_cond = path.full(x[:1], t, cond, None)
-    _, deep_uncond = path.full(x[:1], t, uncond, None)
-    cond_eps = path.shallow(x[:1], later, cond, None, deep_cond)
-    uncond_eps = path.shallow(x[:1], later, uncond, None, deep_uncond)
+    _, deep_cond = path.full(x[:1], t, cond, {})
+    _, deep_uncond = path.full(x[:1], t, uncond, {})
+    cond_eps = path.shallow(x[:1], later, cond, {}, deep_cond)
+    uncond_eps = path.shallow(x[:1], later, uncond, {}, deep_uncond)
     assert torch.equal(cached, uncond_eps + 5.0 * (cond_eps - uncond_eps))
     assert guided.calls == 4 and guided.step_cache.full_calls == 2
 
@@ -199,17 +242,17 @@ def test_the_refiner_starts_its_own_cache_at_the_switch(demo_models):
     assert base["full"] == math.ceil(base["any"] / 3) and refiner["full"] == math.ceil(refiner["any"] / 3)
 
 
-def test_control_units_are_refused_with_the_setting_named(cached_engine):
+def test_controlnet_units_run_with_step_caching(cached_engine):
+    """ControlNet runs at every call; on cached calls its residuals reach the shallow skip features only."""
     png = io.BytesIO()
     Image.new("RGB", (64, 64), "gray").save(png, format="PNG")
     unit = {"module": "none", "model": "control_v11e_sd15_shuffle", "image": base64.b64encode(png.getvalue()).decode()}
-    payload = {**PAYLOAD, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
-    with pytest.raises(RequestError, match=r"^alwayson_scripts.controlnet: .*DEEPCACHE_INTERVAL=3"):
-        cached_engine.txt2img(payload)
-    detailer = {"ad_model": "face_yolov8n.pt", "ad_controlnet_model": "control_v11p_sd15_inpaint"}
-    payload = {**PAYLOAD, "alwayson_scripts": {"ADetailer": {"args": [True, False, detailer]}}}
-    with pytest.raises(RequestError, match=r"^alwayson_scripts.ADetailer.ad_controlnet_model: .*DEEPCACHE"):
-        cached_engine.txt2img(payload)
+    unet = cached_engine.pipelines.get(cached_engine.catalog.find_checkpoint("tiny-sd15")).unet
+    counter = _deep_calls(unet)
+    result = cached_engine.txt2img({**PAYLOAD, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert counter["full"] == 2 and result.unet_calls == 6
+    info = json.loads(result.info)["infotexts"][0]
+    assert "DeepCache interval: 3" in info and "ControlNet 0" in info
 
 
 def test_options_listing_shows_the_workers_pad_cond_uncond(demo_models):

@@ -50,7 +50,7 @@ class GuidedUNet:
     `rows_per_call` caps the rows of one UNet call (the lower-memory retry after running out of memory runs
     one row at a time): the same result up to float rounding, less activation memory.
     `step_cache` (an `engine.sampling.step_cache.StepCache`, DeepCache) runs most calls on the shallow layers
-    only; it cannot be combined with `control`, whose residuals feed the layers it skips.
+    only, on deep features cached at the last full call.
     """
 
     def __init__(
@@ -63,8 +63,6 @@ class GuidedUNet:
         rows_per_call: int | None = None,
         step_cache=None,
     ):
-        if step_cache is not None and control is not None:
-            raise ValueError("step caching cannot run with a control stack")
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.conditioning_at = conditioning_at
@@ -146,7 +144,7 @@ class GuidedUNet:
         if self.step_cache is not None:
             # Each batch layout keeps its own deep features: cond and uncond calls never share them.
             key = (tuple(rows.cond_images), tuple(rows.uncond_images))
-            output = self.step_cache(key, call_index, x, t, context, added).float()
+            output = self.step_cache(key, call_index, x, t, context, inputs).float()
         else:
             output = self.unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0].float()
         if self.control is not None:

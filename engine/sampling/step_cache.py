@@ -21,11 +21,16 @@ from engine.speedups import StepCaching
 
 @dataclass(frozen=True)
 class _DownLayer:
-    """One layer of the down path that emits a skip feature: a resnet (+ attention), or the downsamplers."""
+    """One layer of the down path that emits a skip feature: a resnet (+ attention), or the downsamplers.
+
+    `adapter_block`: the down block whose T2I-Adapter feature diffusers adds to this layer's output (a
+    cross-attention block's last layer; a plain block's last output, downsampled or not), else None.
+    """
 
     resnet: nn.Module | None
     attention: nn.Module | None = None
     downsamplers: nn.ModuleList | None = None
+    adapter_block: int | None = None
 
     def __call__(self, hidden: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
         if self.downsamplers is not None:
@@ -49,21 +54,31 @@ class _UpLayer:
     upsamplers: nn.ModuleList | None
 
 
+def _down_layers(unet) -> tuple[list[_DownLayer], list[int]]:
+    """The down path layer by layer, and the channels of every skip feature (conv_in's first)."""
+    layers: list[_DownLayer] = []
+    channels = [unet.conv_in.out_channels]
+    for index, block in enumerate(unet.down_blocks):
+        attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
+        cross_attention = getattr(block, "has_cross_attention", False)
+        for number, (resnet, attention) in enumerate(zip(block.resnets, attentions, strict=True)):
+            last = number == len(block.resnets) - 1
+            adapter = last and (cross_attention or block.downsamplers is None)
+            layers.append(_DownLayer(resnet, attention, adapter_block=index if adapter else None))
+            channels.append(resnet.out_channels)
+        if block.downsamplers is not None:
+            adapter = None if cross_attention else index
+            layers.append(_DownLayer(None, downsamplers=block.downsamplers, adapter_block=adapter))
+            channels.append(block.downsamplers[-1].out_channels)
+    return layers, channels
+
+
 class ShallowPath:
     """The layers of `unet` that run on a cached call at skip branch `branch`, and where the deep feature is."""
 
     def __init__(self, unet, branch: int):
         self.unet = unet
-        down: list[_DownLayer] = []
-        channels = [unet.conv_in.out_channels]  # of each skip feature, conv_in's first
-        for block in unet.down_blocks:
-            attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
-            for resnet, attention in zip(block.resnets, attentions, strict=True):
-                down.append(_DownLayer(resnet, attention))
-                channels.append(resnet.out_channels)
-            if block.downsamplers is not None:
-                down.append(_DownLayer(None, downsamplers=block.downsamplers))
-                channels.append(block.downsamplers[-1].out_channels)
+        down, channels = _down_layers(unet)
         if not 0 <= branch < len(channels):
             raise ValueError(
                 f"DEEPCACHE_BRANCH must be from 0 to {len(channels) - 1} for this UNet (its skip branches), "
@@ -81,8 +96,9 @@ class ShallowPath:
         self.up = [layer for layer in up if layer.skip <= branch]
         self.skip_channels = channels[branch]
 
-    def full(self, sample, timestep, context, added) -> tuple[torch.Tensor, torch.Tensor]:
-        """diffusers' own forward, plus the deep feature entering the branch's up layer (for later calls)."""
+    def full(self, sample, timestep, context, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """diffusers' own forward (`inputs`: its keyword arguments beyond sample, timestep and context), plus
+        the deep feature entering the branch's up layer (for later calls)."""
         captured = []
 
         def keep_deep_feature(module, args):
@@ -91,17 +107,22 @@ class ShallowPath:
 
         handle = self.up[0].resnet.register_forward_pre_hook(keep_deep_feature)
         try:
-            output = self.unet(
-                sample, timestep, encoder_hidden_states=context, added_cond_kwargs=added, return_dict=False
-            )[0]
+            output = self.unet(sample, timestep, encoder_hidden_states=context, return_dict=False, **inputs)[0]
         finally:
             handle.remove()
         return output, captured[0]
 
-    def shallow(self, sample, timestep, context, added, deep: torch.Tensor) -> torch.Tensor:
+    def shallow(self, sample, timestep, context, inputs: dict, deep: torch.Tensor) -> torch.Tensor:
         """The UNet's output with the deep path replaced by `deep`: the steps of diffusers'
-        `UNet2DConditionModel.forward` an SD1.5/SDXL UNet takes, restricted to the shallow layers."""
+        `UNet2DConditionModel.forward` an SD1.5/SDXL UNet takes, restricted to the shallow layers.
+
+        ControlNet residuals (`down_block_additional_residuals`) are added to the skip features this call
+        computes and T2I-Adapter features (`down_intrablock_additional_residuals`) inside the down layers it
+        runs, as diffusers adds them; the deeper ones (and the mid residual) reach the output only through
+        `deep`, as they were at the last full call. IP-Adapter image tokens go through `added_cond_kwargs`.
+        """
         unet = self.unet
+        added = inputs.get("added_cond_kwargs")
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
         aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=context, added_cond_kwargs=added)
         emb = emb + aug if aug is not None else emb
@@ -111,11 +132,17 @@ class ShallowPath:
         # diffusers passes the upsamplers an explicit size only when the latent is not a multiple of 2^n.
         factor = 2**unet.num_upsamplers
         explicit_size = any(size % factor for size in sample.shape[-2:])
+        adapter = inputs.get("down_intrablock_additional_residuals") or ()
         hidden = unet.conv_in(sample)
         skips = [hidden]
         for layer in self.down:
             hidden = layer(hidden, emb, context)
+            if layer.adapter_block is not None and layer.adapter_block < len(adapter):
+                hidden = hidden + adapter[layer.adapter_block]
             skips.append(hidden)
+        controlnet = inputs.get("down_block_additional_residuals")
+        if controlnet is not None:
+            skips = [skip + residual for skip, residual in zip(skips, controlnet[: len(skips)], strict=True)]
         hidden = deep
         for layer in self.up:
             hidden = layer.resnet(torch.cat([hidden, skips[layer.skip]], dim=1), emb)
@@ -151,12 +178,14 @@ class StepCache:
         self.full_calls = 0
         self.shallow_calls = 0
 
-    def __call__(self, key, call_index: int, sample, timestep, context, added) -> torch.Tensor:
+    def __call__(self, key, call_index: int, sample, timestep, context, inputs: dict) -> torch.Tensor:
+        """The UNet's output for one call; `inputs` are diffusers' forward keyword arguments beyond sample,
+        timestep and context (`added_cond_kwargs`, ControlNet and T2I-Adapter residuals)."""
         entry = self.entries.get(key)
         if entry is None or call_index - entry.call_index >= self.interval:
-            output, deep = self.path.full(sample, timestep, context, added)
+            output, deep = self.path.full(sample, timestep, context, inputs)
             self.entries[key] = _Cached(call_index, deep)
             self.full_calls += 1
             return output
         self.shallow_calls += 1
-        return self.path.shallow(sample, timestep, context, added, entry.deep)
+        return self.path.shallow(sample, timestep, context, inputs, entry.deep)
