@@ -255,6 +255,40 @@ def test_controlnet_units_run_with_step_caching(cached_engine):
     assert "DeepCache interval: 3" in info and "ControlNet 0" in info
 
 
+@pytest.mark.parametrize("model", ["ip-adapter_sd15", "ip-adapter-plus-face_sd15"])
+@torch.no_grad()
+def test_shallow_path_carries_ip_adapter_tokens(demo_models, model):
+    """diffusers' `load_ip_adapter` of a demo IP-Adapter file (its projection and attention processors): the
+    shallow path with its own deep feature still gives diffusers' output, and without the image tokens it
+    would not (so the tokens reach the shallow layers)."""
+    from diffusers import StableDiffusionPipeline
+
+    from engine.control.models import read_ip_adapter
+    from engine.resources.catalog import ModelCatalog
+
+    components = tiny_components("sd15")
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    weights = read_ip_adapter(ModelCatalog(demo_models).find_controlnet(model, "model").entry.path)
+    pipe.load_ip_adapter(weights, subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.8)
+    unet = pipe.unet
+    x, t, context, _ = _inputs(unet)
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    if hasattr(projection, "image_embeds"):  # ImageProjection: one CLIP image embedding per row
+        shape = (2, 1, projection.image_embeds.in_features)
+    else:  # IPAdapterPlusImageProjection: CLIP's 257 hidden states per row
+        shape = (2, 1, 257, projection.proj_in.in_features)
+    inputs = {"added_cond_kwargs": {"image_embeds": [torch.randn(shape, generator=torch.Generator().manual_seed(3))]}}
+    reference = unet(x, t, encoder_hidden_states=context, return_dict=False, **inputs)[0]
+    for branch in (0, 4):
+        path = ShallowPath(unet, branch)
+        _, deep = path.full(x, t, context, inputs)
+        assert torch.equal(path.shallow(x, t, context, inputs, deep), reference)
+        other = {"added_cond_kwargs": {"image_embeds": [torch.full(shape, 5.0)]}}
+        assert not torch.allclose(path.shallow(x, t, context, other, deep), reference)
+
+
 def test_options_listing_shows_the_workers_pad_cond_uncond(demo_models):
     engine = Engine(Settings(models_dir=demo_models, device="cpu", speedups=SpeedUps(pad_cond_uncond=True)))
     assert engine.handle("GET", "/sdapi/v1/options", {})["pad_cond_uncond"] is True
