@@ -3,8 +3,8 @@
     python bench/step_cache.py [--runs 3] [--interval 3] [--branch 0] [--latent 32] [--calls 6] [--no-full-size]
 
 1. Released SD1.5 UNet architecture (`engine.demo.full_size`, random weights, fp32): the time of one full UNet
-   call and of one cached (shallow) call on a CFG batch of 2 at a `--latent`² latent, then `--calls` guided
-   calls of one pass with and without the cache (the per-pass cost, first call full).
+   call and of one cached (shallow) call on a CFG batch of 2 at a `--latent`² latent (also at deeper branches
+   3, 6, 9), then `--calls` guided calls of one pass with and without the cache (first call full).
 2. The whole engine on the tiny demo SD1.5 (txt2img, 64×64, Euler, 12 steps): wall time per request with and
    without, and the mean absolute pixel difference of the cached image from the plain one (0–255).
 
@@ -46,11 +46,16 @@ def full_size_unet(args) -> None:
     context = torch.randn(2, 77, unet.config.cross_attention_dim)
     t = torch.tensor(500.0)
     path = ShallowPath(unet, args.branch)
-    _, deep = path.full(x, t, context, None)
+    _, deep = path.full(x, t, context, {})
     full = _median_cpu(lambda: unet(x, t, encoder_hidden_states=context), args.runs)
-    shallow = _median_cpu(lambda: path.shallow(x, t, context, None, deep), args.runs)
+    shallow = _median_cpu(lambda: path.shallow(x, t, context, {}, deep), args.runs)
     print(f"SD1.5 UNet, latent {args.latent}x{args.latent}, batch 2, branch {args.branch}: full call {full:.3f} s, "
           f"cached call {shallow:.3f} s ({full / shallow:.1f}x)")
+    for branch in (3, 6, 9):  # deeper branches: more of the UNet runs on cached calls, fresher features
+        deeper = ShallowPath(unet, branch)
+        _, feature = deeper.full(x, t, context, {})
+        cost = _median_cpu(lambda: deeper.shallow(x, t, context, {}, feature), args.runs)  # noqa: B023
+        print(f"  cached call at branch {branch}: {cost:.3f} s ({full / cost:.1f}x)")
 
     conditioning = constant(StepConditioning(cond=context[:1], uncond=context[1:]))
 
