@@ -1,5 +1,7 @@
-"""DeepCache step caching (`DEEPCACHE_INTERVAL`): the setting, the shallow path against diffusers' own forward,
-the schedule of full UNet calls, per-call caches, passes starting afresh, and a whole txt2img with it."""
+"""DeepCache step caching (`DEEPCACHE_INTERVAL`): the setting, the shallow path against diffusers' own forward
+(with ControlNet, T2I-Adapter and IP-Adapter inputs too), the schedule of full UNet calls, per-call caches,
+passes starting afresh (hires fix, refiner), whole txt2img requests with it, and the options listing's
+`pad_cond_uncond`."""
 
 import base64
 import collections
