@@ -169,13 +169,16 @@ def _reader(values: list[Any]):
 
 
 def _refuse_unsupported(arg, img2img: bool) -> None:
-    """ReActor modes that would change what the response holds or need files on the worker's disk."""
-    if _integer(arg("select_source"), "select_source", SOURCE_KINDS) == 2:
-        raise UnsupportedError(field("select_source"), "a source folder on the server (2) is not supported; "
-                                                      "send the source image (0) or a face model (1)")
-    if arg("selected_tab") != "tab_single" or arg("source_images") not in (None, [], ""):
-        raise UnsupportedError(field("source_images"), "multiple source images are not supported; send one "
-                                                       "source image in args[0]")
+    """ReActor modes that would change what the response holds or read files named by the client."""
+    select_source = _integer(arg("select_source"), "select_source", SOURCE_KINDS)
+    if select_source == 2:
+        # ReActor reads every image of a folder path the client names, anywhere on the server's disk: a
+        # request must not choose files outside the models folder.
+        raise UnsupportedError(field("select_source"), "a source folder on the server (2) is not supported (it "
+                                                      "reads any server path the request names); send the "
+                                                      "source image (0) or a face model (1)")
+    if select_source == 0 and arg("selected_tab") != "tab_single":
+        _refuse_multiple_sources(arg("source_images"))
     if _flag(arg("mask_face"), "mask_face"):
         raise UnsupportedError(field("mask_face"), "face mask correction is not supported yet; send false")
     if _flag(arg("save_original"), "save_original"):
@@ -184,6 +187,23 @@ def _refuse_unsupported(arg, img2img: bool) -> None:
     if img2img and _flag(arg("swap_in_source"), "swap_in_source"):
         raise UnsupportedError(field("swap_in_source"), "swapping into img2img's source image is not supported "
                                                         "yet; send false (the swap runs on the generated image)")
+
+
+def _refuse_multiple_sources(images: Any) -> None:
+    """ReActor's "multiple source images" tab (any `selected_tab` but "tab_single"; on the single tab the list is
+    ignored, and on this tab args[0] is). ReActor does not blend them: each source image's face is swapped into
+    its own copy of the result, and those copies replace the generated images. Through A1111's API the list
+    never gets that far: ReActor opens each entry as an uploaded file (`get_images_from_list` reads `x.name`),
+    so base64 strings fail there and the images come back unswapped."""
+    if images in (None, [], ""):
+        raise RequestError(field("source_images"), "ReActor's multiple-sources tab (selected_tab not "
+                                                   "\"tab_single\") needs source images and ignores args[0]; "
+                                                   "send selected_tab \"tab_single\" with the source in args[0]")
+    raise UnsupportedError(field("source_images"), "multiple source images are not supported (ReActor swaps "
+                                                   "each into its own extra image and cannot read a base64 list "
+                                                   "through A1111's API); send selected_tab \"tab_single\" with "
+                                                   "one source in args[0], or a blended face model (select_source "
+                                                   "1)")
 
 
 def _flag(value: Any, name: str) -> bool:
