@@ -121,6 +121,8 @@ class ControlUnit:
     module_name: str = ""  # the module as the client spelled it (the infotext repeats it)
     union_type: str | None = None  # a union ControlNet's control type (None: from the module's tags)
     crop_to_mask: bool = True  # `inpaint_crop_input_image`: cut to the img2img "only masked" region
+    # An IP-Adapter unit's further input images (RGB): sd-webui-controlnet averages the projected tokens.
+    extra_images: tuple[Image.Image, ...] = ()
 
     where: str = ""  # the request field the unit came from when not a controlnet arg (ADetailer's)
 
@@ -242,12 +244,16 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: Image
     inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image", limits)
     if not inputs and not img2img:
         raise RequestError(f"{field}.image", "is required: txt2img has no init image to fall back on")
-    if len(inputs) > 1:
-        raise UnsupportedError(f"{field}.image", "one image per unit (several images for one IP-Adapter, which "
-                                                 "sd-webui-controlnet averages, are not supported)")
+    if len(inputs) > 1 and module.output != IMAGE_PROMPT:
+        # sd-webui-controlnet takes a list only for IP-Adapters (`accepts_multiple_inputs`); other units
+        # fail its assertion unless `input_mode` "merge" splits them into one unit per image.
+        raise UnsupportedError(f"{field}.image", "several images are taken by IP-Adapter units only; send one "
+                                                 "image per ControlNet unit (one unit per image)")
     image, mask = inputs[0] if inputs else (None, None)
-    if mask is not None and module.output == IMAGE_PROMPT:
-        _check_clip_mask(mask, f"{field}.mask")
+    if module.output == IMAGE_PROMPT:
+        for number, (_, clip_mask) in enumerate(inputs):
+            if clip_mask is not None:
+                _check_clip_mask(clip_mask, f"{field}.mask" if len(inputs) == 1 else f"{field}.image[{number}].mask")
     elif mask is not None and not module.is_inpaint:
         _check_scribble_mask(mask, module, f"{field}.mask")
     if image is not None and module.is_inpaint and mask is None:
@@ -272,6 +278,7 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: Image
         module_name=str(raw.module).strip(),
         union_type=_union_type(raw.union_control_type, module, f"{field}.union_control_type"),
         crop_to_mask=raw.inpaint_crop_input_image is not False,
+        extra_images=tuple(picture for picture, _ in inputs[1:]),
     )
 
 
@@ -334,7 +341,8 @@ def with_init_image(units: Sequence[ControlUnit], init, width: int,
             fallback = mask if mask is not None else Image.new("L", source.size, 0)
             unit = replace(unit, image=to_rgb(source), resize_mode=_named(RESIZE_MODES, min(init.resize_mode, 2), ""),
                            mask=fallback if unit.module.is_inpaint else None)
-        if mask is not None and init.only_masked and unit.crop_to_mask:
+        # sd-webui-controlnet crops a single input only (`get_control`: a list skips the crop).
+        if mask is not None and init.only_masked and unit.crop_to_mask and not unit.extra_images:
             unit = _cropped_to_mask(unit, mask, init.padding, width, height)
         if unit.module.name == "inpaint_only" and mask is not None:
             notes.append(f"{unit.field('module')}: inpaint_only with an img2img mask runs as "
