@@ -179,7 +179,7 @@ def test_a_known_but_unsupported_module_says_so():
         ({"module": "canny", "model": "c", "image": {"image": IMAGE, "mask": MASK}}, UnsupportedError,
          r"\.mask: a mask is used only by inpaint modules"),
         ({"module": "canny", "model": "c", "image": [{"image": IMAGE}, {"image": IMAGE}]}, UnsupportedError,
-         r"\.image: one image per unit"),
+         r"\.image: several images are taken by IP-Adapter units only"),
         ({"module": "canny", "model": "c", "image": IMAGE, "advanced_weighting": [1.0] * 13}, UnsupportedError,
          r"advanced_weighting"),
     ],

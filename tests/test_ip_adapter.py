@@ -289,13 +289,6 @@ def test_several_images_average_the_projected_tokens(demo_models, control_models
     assert np.abs(np.asarray(single.images[0], dtype=np.int16) - ours_pixels).max() > 0
 
 
-def test_several_images_are_refused_on_controlnet_units():
-    with pytest.raises(UnsupportedError, match=r"args\[0\]\.image: several images are taken by IP-Adapter"):
-        parse_controlnet_args({"controlnet": {"args": [{"module": "canny", "model": "control_v11p_sd15_canny",
-                                                        "image": [{"image": b64(photo())},
-                                                                  {"image": b64(photo())}]}]}})
-
-
 # --- what is checked before running --------------------------------------------------------------------------
 
 
