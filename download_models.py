@@ -11,7 +11,8 @@ Each file is downloaded into `<models>/.downloads/` and renamed into place only 
 Most files come from the Hugging Face Hub; the face restoration weights come from the GitHub releases A1111
 downloads them from (`--only face-restoration`; CodeFormer's weights are for non-commercial use only).
 ReActor's swap model and insightface's buffalo_l pack (`--only reactor`, unpacked from insightface's zip) are
-likewise for non-commercial research only.
+likewise for non-commercial research only; the same group fetches facexlib's BiSeNet face parser (MIT) for its
+face mask correction.
 """
 
 import argparse
@@ -193,6 +194,11 @@ MANIFEST: tuple[Item, ...] = (
          default=False, groups=("reactor",), repo_type="dataset"),
     Item("buffalo_l", "insightface", "deepinsight/insightface", "buffalo_l.zip", "insightface/models/buffalo_l",
          default=False, groups=("reactor", "ip-adapter-faceid"), url=BUFFALO_L_URL, unpack=BUFFALO_L_FILES),
+    # ReActor's face mask correction: facexlib's BiSeNet (`init_parsing_model("bisenet")`), which A1111's
+    # `patch_facexlib` saves in models/GFPGAN.
+    Item("facexlib-bisenet", "face-restoration", "xinntao/facexlib", "parsing_bisenet.pth",
+         "GFPGAN/parsing_bisenet.pth", 53_289_463, default=False, groups=("reactor",),
+         url=GITHUB_RELEASES.format(repo="xinntao/facexlib", tag="v0.2.0", file="parsing_bisenet.pth")),
     # The face detector and parser both restorers need.
     _release_item("facexlib-detection", "xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth",
                   "GFPGAN/detection_Resnet50_Final.pth", 109_497_761,

@@ -406,13 +406,16 @@ def reactor_hub(buffalo_members: dict[str, bytes]):
 
 def test_reactor_models_land_where_reactor_looks(tmp_path):
     """`--only reactor`: the swap model loose in insightface/, the buffalo_l zip unpacked (from any folder inside
-    it) into insightface/models/buffalo_l without the archive; a second run fetches nothing."""
+    it) into insightface/models/buffalo_l without the archive, the face mask parser in GFPGAN/ (where A1111's
+    facexlib keeps it); a second run fetches nothing."""
     from engine.resources.catalog import ModelCatalog
 
     members = {f"buffalo_l/{name}": name.encode() for name in dm.BUFFALO_L_FILES}
     hub = reactor_hub(members)
-    assert run(tmp_path, "--only", "reactor", fetch=hub) == 0
-    assert sorted(hub.calls) == ["buffalo_l", "inswapper_128"]
+    manifest = unverified(dm.MANIFEST)
+    assert run(tmp_path, "--only", "reactor", fetch=hub, manifest=manifest) == 0
+    assert sorted(hub.calls) == ["buffalo_l", "facexlib-bisenet", "inswapper_128"]
+    assert (tmp_path / "GFPGAN/parsing_bisenet.pth").is_file()
     folder = tmp_path / "insightface/models/buffalo_l"
     assert sorted(path.name for path in folder.iterdir()) == sorted(dm.BUFFALO_L_FILES)
     assert (folder / "genderage.onnx").read_bytes() == b"genderage.onnx"
@@ -420,7 +423,7 @@ def test_reactor_models_land_where_reactor_looks(tmp_path):
         "Gourieff/ReActor", "models/inswapper_128.onnx")
     names = [entry.name for entry in ModelCatalog(tmp_path).entries("insightface")]
     assert names == ["inswapper_128.onnx", "models/buffalo_l"]
-    assert run(tmp_path, "--only", "reactor", fetch=no_network) == 0
+    assert run(tmp_path, "--only", "reactor", fetch=no_network, manifest=manifest) == 0
 
 
 def test_zip_without_a_member_is_a_clear_error(tmp_path, capsys):

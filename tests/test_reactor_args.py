@@ -73,7 +73,7 @@ def test_face_model_source_needs_a_face_model_name():
 
 
 @pytest.mark.parametrize(("change", "position"), [
-    ({"select_source": 2}, 22), ({"mask_face": True}, 21), ({"save_original": True}, 16),
+    ({"select_source": 2}, 22), ({"save_original": True}, 16),
     ({"source_images": ["c291cmNl"], "selected_tab": "tab_multiple"}, 25),
 ])
 def test_unsupported_modes_are_refused_by_position(change, position):

@@ -85,6 +85,7 @@ class ReactorArgs:
     face_model: str | None  # a file of models/reactor/faces, when `select_source` is 1
     det_thresh: float
     det_maxnum: int
+    mask_face: bool = False  # paste each face back through a face parser's mask
 
     @property
     def enhances(self) -> bool:
@@ -96,8 +97,8 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
 
     Raises:
         RequestError: a malformed arg, naming its position and what it accepts.
-        UnsupportedError: a ReActor mode this worker does not run (folder or multiple sources, face mask
-            correction, swapping into img2img's source image, keeping the originals).
+        UnsupportedError: a ReActor mode this worker does not run (folder or multiple sources, swapping into
+            img2img's source image, keeping the originals).
     """
     values = _script_args(alwayson_scripts)
     if values is None:
@@ -123,6 +124,15 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
     device = _text(arg("device"), "device")
     if device not in DEVICES:
         raise RequestError(field("device"), f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    mask_face = _flag(arg("mask_face"), "mask_face")
+    upscaler_scale = _number(arg("upscaler_scale"), "upscaler_scale", 1.0, 8.0)
+    restore_first = _flag(arg("restore_first"), "restore_first")
+    if mask_face and upscaler not in ("", "None") and upscaler_scale != 1 and not restore_first:
+        # ReActor's `enhance_image_and_mask` then blends the upscaled image with the original at its old size,
+        # which PIL refuses: the swap fails and the image comes back unswapped.
+        raise RequestError(field("mask_face"), "face mask correction with upscaling before restoring (restore "
+                                               "first false, scale above 1) fails in ReActor; send restore "
+                                               "first true or scale 1")
     return ReactorArgs(
         source_image=source_image if select_source == 0 else None,
         source_faces_index=_indices(arg("source_faces_index"), "source_faces_index"),
@@ -131,9 +141,9 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
         face_restorer=None if restorer in ("", "None") else restorer,
         restorer_visibility=_fraction(arg("restorer_visibility"), "restorer_visibility"),
         codeformer_weight=_fraction(arg("codeformer_weight"), "codeformer_weight"),
-        restore_first=_flag(arg("restore_first"), "restore_first"),
+        restore_first=restore_first,
         upscaler=None if upscaler in ("", "None") else upscaler,
-        upscaler_scale=_number(arg("upscaler_scale"), "upscaler_scale", 1.0, 8.0),
+        upscaler_scale=upscaler_scale,
         upscaler_visibility=_fraction(arg("upscaler_visibility"), "upscaler_visibility"),
         upscale_force=_flag(arg("upscale_force"), "upscale_force"),
         gender_source=_integer(arg("gender_source"), "gender_source", GENDERS),
@@ -142,6 +152,7 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
         face_model=face_model if select_source == 1 else None,
         det_thresh=_number(arg("det_thresh"), "det_thresh", 0.1, 1.0),
         det_maxnum=int(_number(arg("det_maxnum"), "det_maxnum", 0, 20)),
+        mask_face=mask_face,
     )
 
 
@@ -179,8 +190,6 @@ def _refuse_unsupported(arg, img2img: bool) -> None:
                                                       "source image (0) or a face model (1)")
     if select_source == 0 and arg("selected_tab") != "tab_single":
         _refuse_multiple_sources(arg("source_images"))
-    if _flag(arg("mask_face"), "mask_face"):
-        raise UnsupportedError(field("mask_face"), "face mask correction is not supported yet; send false")
     if _flag(arg("save_original"), "save_original"):
         raise UnsupportedError(field("save_original"), "returning the originals beside the swapped images is "
                                                        "not supported; send false")
