@@ -191,6 +191,8 @@ def _refuse_unsupported(arg, img2img: bool) -> None:
     if select_source == 0 and arg("selected_tab") != "tab_single":
         _refuse_multiple_sources(arg("source_images"))
     if _flag(arg("save_original"), "save_original"):
+        # ReActor then returns the originals, the swapped copies after them and a grid in front: a response
+        # of another shape than the request's batch.
         raise UnsupportedError(field("save_original"), "returning the originals beside the swapped images is "
                                                        "not supported; send false")
     if img2img and _flag(arg("swap_in_source"), "swap_in_source"):
