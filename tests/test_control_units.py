@@ -179,7 +179,7 @@ def test_a_known_but_unsupported_module_says_so():
         ({"module": "canny", "model": "c", "image": {"image": IMAGE, "mask": MASK}}, UnsupportedError,
          r"\.mask: a mask is used only by inpaint modules"),
         ({"module": "canny", "model": "c", "image": [{"image": IMAGE}, {"image": IMAGE}]}, UnsupportedError,
-         r"\.image: several images are taken by IP-Adapter units only"),
+         r"\.image: several images are taken by IP-Adapter units only, or with input_mode \"merge\""),
         ({"module": "canny", "model": "c", "image": IMAGE, "advanced_weighting": [1.0] * 13}, UnsupportedError,
          r"advanced_weighting"),
     ],
@@ -187,6 +187,22 @@ def test_a_known_but_unsupported_module_says_so():
 def test_bad_units_name_the_field(unit, error, message):
     with pytest.raises(error, match=message):
         _parse(unit)
+
+
+def test_merge_mode_splits_a_controlnet_unit_per_image_at_a_share_of_the_weight():
+    """sd-webui-controlnet `unfold_merged`: input_mode "merge" makes one unit per image, each at weight / images,
+    each its own infotext entry; an IP-Adapter unit stays one (its images are averaged)."""
+    from engine.control.units import infotext_params
+
+    blue = _png_base64((10, 20, 200))
+    units = _parse({"module": "canny", "model": "c", "weight": 0.9, "input_mode": "merge",
+                    "image": [{"image": IMAGE}, {"image": blue}, {"image": IMAGE}]})
+    assert [unit.weight for unit in units] == pytest.approx([0.3, 0.3, 0.3])
+    assert [unit.image.getpixel((0, 0)) for unit in units] == [(200, 30, 60), (10, 20, 200), (200, 30, 60)]
+    assert list(infotext_params(units)) == ["ControlNet 0", "ControlNet 1", "ControlNet 2"]
+    (prompt,) = _parse({"module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15", "input_mode": "merge",
+                        "image": [{"image": IMAGE}, {"image": blue}]})
+    assert prompt.weight == 1.0 and len(prompt.extra_images) == 1
 
 
 def test_instant_id_controlnet_needs_the_embedding_unit():

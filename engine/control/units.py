@@ -21,6 +21,7 @@ from engine.wire.validation import parse_model
 logger = logging.getLogger(__name__)
 
 SCRIPT_KEY = "controlnet"  # A1111 matches `alwayson_scripts` keys to script titles case-insensitively
+MERGE_MODE = "merge"  # sd-webui-controlnet's `InputMode.MERGE`: a unit's several images split into units
 NO_MODEL = "none"
 
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just Resize", "Crop and Resize", "Resize and Fill"
@@ -198,7 +199,7 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None, img2img: b
             raise RequestError(field, f"must be a unit object, got {entry!r:.60}")
         raw = parse_model(UnitArgs, _with_current_keys(entry, field), field)
         if _is_active(raw):
-            units.append(_resolve(raw, index, field, img2img, limits))
+            units += _resolve(raw, index, field, img2img, limits)
     _check_instant_id(units)
     return tuple(units)
 
@@ -229,7 +230,9 @@ def _no_model(model: str | None) -> bool:
     return model is None or model.strip().lower() in (NO_MODEL, "")
 
 
-def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: ImageLimits = DEFAULT_LIMITS) -> ControlUnit:
+def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool,
+             limits: ImageLimits = DEFAULT_LIMITS) -> tuple[ControlUnit, ...]:
+    """The unit ready to run; a ControlNet unit with several images in input_mode "merge" gives one per image."""
     module = find_module(raw.module, f"{field}.module")
     for key in ("advanced_weighting", "effective_region_mask", "ipadapter_input"):
         if getattr(raw, key) not in (None, "", []):
@@ -244,27 +247,44 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: Image
     inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image", limits)
     if not inputs and not img2img:
         raise RequestError(f"{field}.image", "is required: txt2img has no init image to fall back on")
-    if len(inputs) > 1 and module.output != IMAGE_PROMPT:
+    merged = str(raw.input_mode).strip().lower() == MERGE_MODE
+    if len(inputs) > 1 and module.output != IMAGE_PROMPT and not merged:
         # sd-webui-controlnet takes a list only for IP-Adapters (`accepts_multiple_inputs`); other units
         # fail its assertion unless `input_mode` "merge" splits them into one unit per image.
-        raise UnsupportedError(f"{field}.image", "several images are taken by IP-Adapter units only; send one "
-                                                 "image per ControlNet unit (one unit per image)")
-    image, mask = inputs[0] if inputs else (None, None)
+        raise UnsupportedError(f"{field}.image", "several images are taken by IP-Adapter units only, or with "
+                                                 "input_mode \"merge\"; send one image per ControlNet unit")
     if module.output == IMAGE_PROMPT:
         for number, (_, clip_mask) in enumerate(inputs):
             if clip_mask is not None:
                 _check_clip_mask(clip_mask, f"{field}.mask" if len(inputs) == 1 else f"{field}.image[{number}].mask")
-    elif mask is not None and not module.is_inpaint:
-        _check_scribble_mask(mask, module, f"{field}.mask")
+    elif len(inputs) > 1:
+        # sd-webui-controlnet `unfold_merged`: one unit per image, each at weight / images.
+        unit = _resolved(raw, index, field, module, (None, None))
+        return tuple(replace(unit, weight=raw.weight / len(inputs),
+                             **_image_and_mask(picture, mask, module, f"{field}.image[{number}].mask"))
+                     for number, (picture, mask) in enumerate(inputs))
+    first = inputs[0] if inputs else (None, None)
+    return (_resolved(raw, index, field, module, first, tuple(picture for picture, _ in inputs[1:])),)
+
+
+def _image_and_mask(image: Image.Image | None, mask: Image.Image | None, module: ModuleSpec, where: str) -> dict:
+    """A unit's image and the mask it keeps (inpaint modules only), the mask checked as sd-webui-controlnet
+    reads it."""
+    if mask is not None and module.output != IMAGE_PROMPT and not module.is_inpaint:
+        _check_scribble_mask(mask, module, where)
     if image is not None and module.is_inpaint and mask is None:
         mask = Image.new("L", image.size, 0)  # `combine_image_and_mask`: no mask = nothing masked
+    return {"image": image, "mask": mask if module.is_inpaint else None}
+
+
+def _resolved(raw: UnitArgs, index: int, field: str, module: ModuleSpec, first: tuple,
+              extra_images: tuple[Image.Image, ...] = ()) -> ControlUnit:
     return ControlUnit(
         index=index,
         module=module,
         model=str(raw.model).strip(),
         weight=raw.weight,
-        image=image,
-        mask=mask if module.is_inpaint else None,
+        **_image_and_mask(*first, module, f"{field}.mask"),
         resize_mode=_named(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
         processor_res=_whole(module.resolution.pick(raw.processor_res)),
         threshold_a=module.threshold_a.pick(raw.threshold_a),
@@ -278,7 +298,7 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: Image
         module_name=str(raw.module).strip(),
         union_type=_union_type(raw.union_control_type, module, f"{field}.union_control_type"),
         crop_to_mask=raw.inpaint_crop_input_image is not False,
-        extra_images=tuple(picture for picture, _ in inputs[1:]),
+        extra_images=extra_images,
     )
 
 
@@ -378,7 +398,8 @@ def detailer_controlnet(args, model_field: str) -> ControlUnit | None:
                                  "guidance_start": args.ad_controlnet_guidance_start,
                                  "guidance_end": args.ad_controlnet_guidance_end, "pixel_perfect": True},
                       where)
-    unit = replace(_resolve(raw, 0, where, img2img=True), where=where)
+    (unit,) = _resolve(raw, 0, where, img2img=True)  # no image: one unit
+    unit = replace(unit, where=where)
     if unit.is_face_embedding or unit.is_image_prompt:
         raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
     return unit
