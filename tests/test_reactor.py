@@ -142,6 +142,48 @@ def test_upscaling_follows_a_swap_or_force(sd15_engine):
     assert forced.apply(faceless, seed=1)[0].size == (2 * SIZE, 2 * SIZE)
 
 
+def test_blended_face_model_swaps_as_insightface_with_the_mean_embedding(sd15_engine, demo_models):
+    """`POST /reactor/facemodels` (ReActor's `blend_faces`, compute method 0): the face model built from two
+    source images swaps exactly as insightface's own `FaceAnalysis` + `INSwapper` do with a face whose
+    embedding is the mean of the two images' first faces."""
+    from insightface.app import FaceAnalysis
+    from insightface.app.common import Face
+    from insightface.model_zoo import get_model
+
+    sources = [faces_image((FEMALE, LEFT)), faces_image((MALE, RIGHT))]
+    answer = sd15_engine.handle("POST", "reactor/facemodels", {"source_images": [b64(image) for image in sources],
+                                                                "name": "blended", "compute_method": 0})
+    assert "blended" in answer["facemodels"]
+    target = faces_image((FEMALE, LEFT))
+    ours = stage(sd15_engine, None, select_source=1, face_model="blended").apply(target, seed=1)[0]
+
+    def bgr(image):
+        return np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+
+    app = FaceAnalysis(name=str(demo_models / "insightface/models/buffalo_l"), providers=["CPUExecutionProvider"],
+                       allowed_modules=["detection", "recognition", "genderage"])
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    mean = np.mean([app.get(bgr(image))[0].embedding for image in sources], axis=0)
+    swapper = get_model(str(demo_models / "insightface/inswapper_128.onnx"), providers=["CPUExecutionProvider"])
+    expected = swapper.get(bgr(target), app.get(bgr(target))[0], Face(embedding=mean), paste_back=True)
+    assert np.array_equal(np.asarray(ours), expected[:, :, ::-1])
+    single = stage(sd15_engine, sources[0]).apply(target, seed=1)[0]
+    assert changed(single, ours).any()  # the blend is not the first image's face
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"name": "../escape"}, r"^name: must be a face model name"),
+    ({"name": "ok", "compute_method": 3}, r"^compute_method: must be one of 0 \(Mean\)"),
+    ({"name": "ok", "source_images": "SOURCE-LIST-OF-FACELESS"}, r"^source_images: no face found"),
+])
+def test_face_model_build_errors_name_the_body_field(sd15_engine, body, message):
+    body = {"source_images": [b64(SOURCE)], **body}
+    if body["source_images"] == "SOURCE-LIST-OF-FACELESS":
+        body["source_images"] = [b64(Image.new("RGB", (64, 64)))]
+    with pytest.raises(RequestError, match=message):
+        sd15_engine.handle("POST", "reactor/facemodels", body)
+
+
 # --- face mask correction (`mask_face`) ------------------------------------------------------------------------
 
 

@@ -98,6 +98,14 @@ class FaceSwapModels:
     def analyser(self, files: FaceSwapFiles) -> BuffaloAnalyser:
         return self._analysers.get((files.pack, files.device_type))
 
+    def cpu_analyser(self) -> BuffaloAnalyser:
+        """The buffalo_l analyser on the CPU (ReActor's default device), for work without a swap (face models).
+
+        Raises:
+            NotFoundError: no buffalo_l pack.
+        """
+        return self._analysers.get((find_buffalo_l(self.catalog.root), "cpu"))
+
     def mask_parser(self) -> torch.nn.Module:
         """Face mask correction's BiSeNet (`models/GFPGAN/parsing_bisenet.pth`, where A1111 keeps facexlib's
         downloads), loaded once.
