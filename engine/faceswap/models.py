@@ -12,7 +12,8 @@ from engine.faceswap.analysis import BuffaloAnalyser, find_buffalo_l
 from engine.faceswap.args import ReactorArgs, field
 from engine.faceswap.swapper import FACE_MODELS_FOLDER, FaceSwapper
 from engine.resources.cache import ResidentCache
-from engine.resources.catalog import ModelCatalog, natural_key
+from engine.resources.catalog import ModelCatalog
+from engine.resources.name_matching import natural_key
 
 
 @dataclass(frozen=True)
