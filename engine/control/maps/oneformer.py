@@ -1,6 +1,6 @@
 """OneFormer semantic segmentation as sd-webui-controlnet v1.1.455 runs it (`annotator/oneformer/api.py`
-`semantic_run`, `oneformer/demo/defaults.py` `DefaultPredictor`, `oneformer/oneformer_model.py`; SHI-Labs/OneFormer,
-MIT), with transformers' `OneFormerForUniversalSegmentation` doing the network work.
+`semantic_run`, `oneformer/demo/defaults.py` `DefaultPredictor`, `oneformer/oneformer_model.py`;
+SHI-Labs/OneFormer, MIT), with transformers' `OneFormerForUniversalSegmentation` doing the network work.
 
 sd-webui-controlnet runs the detectron2 checkpoints `250_16_swin_l_oneformer_ade20k_160k.pth` and
 `150_16_swin_l_oneformer_coco_100ep.pth`; SHI-Labs publish the same models converted to transformers
@@ -18,8 +18,9 @@ sd-webui-controlnet runs the detectron2 checkpoints `250_16_swin_l_oneformer_ade
 transformers' own `post_process_semantic_segmentation` sums at the mask resolution and resizes the sums; the
 order above is the original's, so labels can differ from it along region borders.
 
-Nothing is read from the Hub: `OneFormerImageProcessor`, which may fetch class metadata from `shi-labs/oneformer_demo`,
-is never built; pixels and task ids are made here, the tokenizer and model come from the local folder.
+Nothing is read from the Hub: `OneFormerImageProcessor`, which may fetch class metadata from
+`shi-labs/oneformer_demo`, is never built; pixels and task ids are made here, the tokenizer and model come from
+the local folder.
 """
 
 from dataclasses import dataclass
