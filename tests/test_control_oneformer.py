@@ -14,7 +14,7 @@ from PIL import Image
 from engine.control.api import detect
 from engine.control.maps.annotators import ANNOTATORS, DOWNLOAD_FOLDER, AnnotatorStore
 from engine.control.maps.demo import write_random_annotators
-from engine.control.maps.oneformer import DATASETS, Dataset, OneFormerSegmenter, network_input
+from engine.control.maps.oneformer import DATASETS, Dataset, OneFormerSegmenter, network_input, resized_shape
 from engine.control.maps.segment_palettes import ADE20K_COLOURS, COCO_PANOPTIC_COLOURS
 from engine.control.maps.semantic_drawing import draw_semantic
 from engine.errors import NotFoundError
@@ -128,6 +128,9 @@ def test_the_datasets_use_their_own_test_sizes_and_palettes():
     assert (DATASETS["coco"].min_size, DATASETS["coco"].max_size) == (800, 1333)
     assert len(ADE20K_COLOURS) == 150 and len(COCO_PANOPTIC_COLOURS) == 133
     assert COCO_PANOPTIC_COLOURS[0] == (220, 20, 60)  # person, the first thing class
+    # detectron2's ResizeShortestEdge: short side to the test size unless the long side would pass the maximum.
+    assert resized_shape(512, 768, 640, 2560) == (640, 960)
+    assert resized_shape(100, 1000, 800, 1333) == (133, 1333)
 
 
 def test_a_missing_folder_names_it_and_the_download_group(tmp_path):

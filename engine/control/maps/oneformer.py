@@ -70,7 +70,8 @@ def network_input(image: np.ndarray, dataset: Dataset) -> tuple[torch.Tensor, tu
     """Steps 1–2: NCHW float32 pixels padded to a multiple of 32, and the resized image's (height, width)."""
     size = resized_shape(*image.shape[:2], dataset.min_size, dataset.max_size)
     resized = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR), dtype=np.float32)
-    pixels = (resized - PIXEL_MEAN) / PIXEL_STD
+    # In float32, as the original normalises its float32 tensor.
+    pixels = (resized - np.float32(PIXEL_MEAN)) / np.float32(PIXEL_STD)
     padded = np.zeros((-(-size[0] // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY,
                        -(-size[1] // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY, 3), np.float32)
     padded[:size[0], :size[1]] = pixels
