@@ -314,7 +314,26 @@ IP_ADAPTERS = (
           ("ip-adapter-faceid-plusv2_sd15", "ip-adapter", ".bin", "ControlNet"),
           ("ip-adapter-faceid-plusv2_sd15_lora", "lora", ".safetensors", "Lora"))),
 )
-MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS, *IP_ADAPTERS)
+# ADetailer's mediapipe models (Apache-2.0), which the worker reads from models/mediapipe/: the two BlazeFace
+# detectors mediapipe's wheels bundle (pinned to the generation and sha256 mediapipe's own build lists in
+# third_party/external_files.bzl) and Google's face landmarker task for the two face-mesh models.
+MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets/modules/face_detection/{file}?generation={generation}"
+MEDIAPIPE_LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
+                            "float16/1/face_landmarker.task")
+MEDIAPIPE = (
+    *(Item(f"mediapipe-{name}", "mediapipe", "google-ai-edge/mediapipe", file, f"mediapipe/{file}", None, sha256,
+           default=False, groups=("mediapipe", "adetailer-mediapipe"),
+           url=MEDIAPIPE_ASSETS.format(file=file, generation=generation))
+      for name, file, generation, sha256 in (
+          ("face-short", "face_detection_short_range.tflite", "1782183508198291",
+           "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+          ("face-full", "face_detection_full_range_sparse.tflite", "1782183500697062",
+           "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"))),
+    Item("mediapipe-face-landmarker", "mediapipe", "google-ai-edge/mediapipe", "face_landmarker.task",
+         "mediapipe/face_landmarker.task", default=False, groups=("mediapipe", "adetailer-mediapipe"),
+         url=MEDIAPIPE_LANDMARKER_URL),
+)
+MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS, *IP_ADAPTERS, *MEDIAPIPE)
 
 Fetch = Callable[[Item, Path], Path]
 # Selectors that are not item or group names.

@@ -372,7 +372,7 @@ def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
 
 
 def test_release_files_come_from_a1111s_urls():
-    urls = {item.name: item.url for item in dm.MANIFEST if item.url and "reactor" not in item.groups}
+    urls = {item.name: item.url for item in dm.MANIFEST if "face-restoration" in item.groups}
     assert urls == {
         "codeformer-v0.1.0": "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
         "GFPGANv1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
@@ -480,3 +480,20 @@ def test_fetched_detectors_are_listed_as_trusted_pickles(tmp_path):
     stamp = listed.stat().st_mtime_ns
     assert run(tmp_path, "--only", "alpha", fetch=no_network, manifest=[item, other]) == 0
     assert listed.stat().st_mtime_ns == stamp  # nothing new: the list is not rewritten
+
+
+def test_mediapipe_group_fetches_the_files_adetailers_mediapipe_models_need(tmp_path):
+    """`--only mediapipe` covers every file the four `mediapipe_face_*` models read, where the worker looks
+    for them; the two detectors are pinned to the generation and sha256 mediapipe's build lists."""
+    from engine.detailer.mediapipe import MEDIAPIPE_MODELS, mediapipe_model_file
+
+    items = [item for item in dm.MANIFEST if "mediapipe" in item.groups]
+    assert sorted(item.dest for item in items) == sorted({f"mediapipe/{m.file}" for m in MEDIAPIPE_MODELS.values()})
+    detectors = [item for item in items if item.dest.endswith(".tflite")]
+    assert all(item.sha256 and "generation=" in item.url for item in detectors)
+
+    hub = FakeHub()
+    assert run(tmp_path, "--only", "mediapipe-face-landmarker", fetch=hub) == 0
+    assert hub.calls == ["mediapipe-face-landmarker"]
+    found = mediapipe_model_file(tmp_path, "mediapipe_face_mesh", "ad_model")
+    assert found.read_bytes() == content_of("google-ai-edge/mediapipe", "face_landmarker.task")
