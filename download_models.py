@@ -207,6 +207,10 @@ MANIFEST: tuple[Item, ...] = (
 # one annotator's group `annotator-<name>` (the name its "not found" error gives).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 ANIMAL_POSE_FILE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+# OneFormer as SHI-Labs' transformers folders (sd-webui-controlnet's detectron2 .pth has no loader here): the
+# model, its config and the CLIP tokenizer, not the repositories' copy of the .pth.
+ONEFORMER_FILES = ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (folder, files)
     "hed": ("hed", ("ControlNetHED.pth",)), "pidinet": ("pidinet", ("table5_pidinet.pth",)),
     "mlsd": ("mlsd", ("mlsd_large_512_fp32.pth",)), "lineart": ("lineart", ("sk_model.pth", "sk_model2.pth")),
@@ -221,6 +225,8 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
     "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
     "clip_h": ("clip_vision", ("clip_h.pth",)), "clip_g": ("clip_vision", ("clip_g.pth",)),
+    "oneformer_ade20k": ("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES),
+    "oneformer_coco": ("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES),
 }
 # Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
 # sd-webui-controlnet downloads them from.
@@ -234,6 +240,12 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
     # IP-Adapter's own image encoder (OpenCLIP ViT-H/14), which sd-webui-controlnet saves as clip_h.pth.
     "clip_h.pth": ("h94/IP-Adapter", "models/image_encoder/pytorch_model.bin", None),
+}
+
+# Folders whose files all come from one Hub repository, at the same paths.
+ANNOTATOR_FOLDER_REPOS: dict[str, str] = {
+    "oneformer/oneformer_ade20k_swin_large": "shi-labs/oneformer_ade20k_swin_large",
+    "oneformer/oneformer_coco_swin_large": "shi-labs/oneformer_coco_swin_large",
 }
 
 
@@ -252,7 +264,10 @@ def _annotator_items() -> tuple[Item, ...]:
             groups.setdefault((folder, file), []).append(f"annotator-{name}")
     items = []
     for (folder, file), names in groups.items():
-        repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
+        if folder in ANNOTATOR_FOLDER_REPOS:
+            repo_id, path, repo_type = ANNOTATOR_FOLDER_REPOS[folder], file, None
+        else:
+            repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
         items.append(Item(f"annotator-{folder}/{file}", "annotator", repo_id, path,
                           f"ControlNetAnnotators/{folder}/{file}", default=False,
                           groups=("annotators", *names, *ANNOTATOR_EXTRA_GROUPS.get(file, ())),

@@ -308,6 +308,23 @@ def test_an_annotator_file_two_annotators_share_is_in_both_groups():
         "annotator-openpose/yolox_l.onnx", "annotator-openpose/dw-ll_ucoco_384.onnx"]
 
 
+def test_every_annotator_the_worker_loads_has_its_files_in_a_group():
+    """The worker's "not found" error names `annotator-<name>`: that group must fetch exactly the files it checks."""
+    from engine.control.maps.annotators import ANNOTATORS
+
+    for name, annotator in ANNOTATORS.items():
+        items = dm.select(dm.MANIFEST, f"annotator-{name}")
+        assert {item.dest for item in items} == {f"ControlNetAnnotators/{annotator.folder}/{file}"
+                                                 for file in annotator.files}, name
+
+
+def test_oneformer_folders_come_from_shi_labs_transformers_repositories():
+    items = dm.select(dm.MANIFEST, "annotator-oneformer_ade20k")
+    assert {item.repo_id for item in items} == {"shi-labs/oneformer_ade20k_swin_large"}
+    assert "pytorch_model.bin" in {item.filename for item in items}
+    assert not any(item.filename.endswith("oneformer_ade20k_160k.pth") for item in items)  # the detectron2 copy
+
+
 def test_demo_files_are_never_taken_for_real_ones(tmp_path, capsys):
     """After `demo-models`, a real download replaces the random-weight file of the same name."""
     from engine.demo.models import DEMO_MARKER, write_demo_models
