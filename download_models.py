@@ -213,6 +213,10 @@ MANIFEST: tuple[Item, ...] = (
 # one annotator's group `annotator-<name>` (the name its "not found" error gives).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 ANIMAL_POSE_FILE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+# OneFormer as SHI-Labs' transformers folders (sd-webui-controlnet's detectron2 .pth has no loader here): the
+# model, its config and the CLIP tokenizer, not the repositories' copy of the .pth.
+ONEFORMER_FILES = ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (folder, files)
     "hed": ("hed", ("ControlNetHED.pth",)), "pidinet": ("pidinet", ("table5_pidinet.pth",)),
     "mlsd": ("mlsd", ("mlsd_large_512_fp32.pth",)), "lineart": ("lineart", ("sk_model.pth", "sk_model2.pth")),
@@ -227,6 +231,8 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
     "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
     "clip_h": ("clip_vision", ("clip_h.pth",)), "clip_g": ("clip_vision", ("clip_g.pth",)),
+    "oneformer_ade20k": ("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES),
+    "oneformer_coco": ("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES),
 }
 # Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
 # sd-webui-controlnet downloads them from.
@@ -240,6 +246,12 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
     # IP-Adapter's own image encoder (OpenCLIP ViT-H/14), which sd-webui-controlnet saves as clip_h.pth.
     "clip_h.pth": ("h94/IP-Adapter", "models/image_encoder/pytorch_model.bin", None),
+}
+
+# Folders whose files all come from one Hub repository, at the same paths.
+ANNOTATOR_FOLDER_REPOS: dict[str, str] = {
+    "oneformer/oneformer_ade20k_swin_large": "shi-labs/oneformer_ade20k_swin_large",
+    "oneformer/oneformer_coco_swin_large": "shi-labs/oneformer_coco_swin_large",
 }
 
 
@@ -258,7 +270,10 @@ def _annotator_items() -> tuple[Item, ...]:
             groups.setdefault((folder, file), []).append(f"annotator-{name}")
     items = []
     for (folder, file), names in groups.items():
-        repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
+        if folder in ANNOTATOR_FOLDER_REPOS:
+            repo_id, path, repo_type = ANNOTATOR_FOLDER_REPOS[folder], file, None
+        else:
+            repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
         items.append(Item(f"annotator-{folder}/{file}", "annotator", repo_id, path,
                           f"ControlNetAnnotators/{folder}/{file}", default=False,
                           groups=("annotators", *names, *ANNOTATOR_EXTRA_GROUPS.get(file, ())),
@@ -305,7 +320,26 @@ IP_ADAPTERS = (
           ("ip-adapter-faceid-plusv2_sd15", "ip-adapter", ".bin", "ControlNet"),
           ("ip-adapter-faceid-plusv2_sd15_lora", "lora", ".safetensors", "Lora"))),
 )
-MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS, *IP_ADAPTERS)
+# ADetailer's mediapipe models (Apache-2.0), which the worker reads from models/mediapipe/: the two BlazeFace
+# detectors mediapipe's wheels bundle (pinned to the generation and sha256 mediapipe's own build lists in
+# third_party/external_files.bzl) and Google's face landmarker task for the two face-mesh models.
+MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets/modules/face_detection/{file}?generation={generation}"
+MEDIAPIPE_LANDMARKER_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/"
+                            "float16/1/face_landmarker.task")
+MEDIAPIPE = (
+    *(Item(f"mediapipe-{name}", "mediapipe", "google-ai-edge/mediapipe", file, f"mediapipe/{file}", None, sha256,
+           default=False, groups=("mediapipe", "adetailer-mediapipe"),
+           url=MEDIAPIPE_ASSETS.format(file=file, generation=generation))
+      for name, file, generation, sha256 in (
+          ("face-short", "face_detection_short_range.tflite", "1782183508198291",
+           "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"),
+          ("face-full", "face_detection_full_range_sparse.tflite", "1782183500697062",
+           "671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce"))),
+    Item("mediapipe-face-landmarker", "mediapipe", "google-ai-edge/mediapipe", "face_landmarker.task",
+         "mediapipe/face_landmarker.task", default=False, groups=("mediapipe", "adetailer-mediapipe"),
+         url=MEDIAPIPE_LANDMARKER_URL),
+)
+MANIFEST = (*MANIFEST, *ANNOTATORS, *CONTROLNETS, *IP_ADAPTERS, *MEDIAPIPE)
 
 Fetch = Callable[[Item, Path], Path]
 # Selectors that are not item or group names.

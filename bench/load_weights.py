@@ -113,8 +113,11 @@ def child(kind: str, path: Path) -> None:
     import torch
     import transformers  # noqa: F401
 
-    import engine.resources.loader  # noqa: F401
+    from engine.resources.loader import PIPELINE_CLASS_NAMES
 
+    # The pipeline classes' modules too: diffusers imports them lazily, and import time is bench/imports.py's.
+    for name in PIPELINE_CLASS_NAMES.values():
+        getattr(diffusers, name)
     torch.set_num_threads(1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     wall, cpu = time.perf_counter(), time.process_time()

@@ -53,7 +53,7 @@ def run_generation(engine, name: str, request, plan: GenerationPlan, on_progress
         if plan.face_swap is not None:
             # ReActor's models and source face, loaded and analysed before any denoising.
             models = replace(models, face_swap=prepare_stage(plan.face_swap, engine))
-        if any(unit.controlnet is not None for unit in plan.detailers):
+        if any(unit.controlnets for unit in plan.detailers):
             models = replace(models, make_control=partial(_detailer_control, engine))
         if plan.control_units:
             # Imported here: ControlNet's preprocessing stack is not part of a plain request's cold start.

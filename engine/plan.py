@@ -109,7 +109,8 @@ class DetailerPlan:
     checkpoint: str | None = None  # None: the generation's
     vae: str | None = None  # ad_vae, an `sd_vae` value for this unit's passes; None: the generation's
     face_restoration: FaceRestorationPlan | None = None  # ad_restore_face: after each inpaint
-    controlnet: Any | None = None  # engine.control.units.ControlUnit without an image: ADetailer's ControlNet
+    # engine.control.units.ControlUnit: ADetailer's ControlNet (no image: the pass's), or the request's (Passthrough)
+    controlnets: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,34 @@ def test_adetailer_controlnet_runs_inside_the_inpaint_pass(sd15_engine, counted,
     assert "ADetailer ControlNet model: control_v11p_sd15_inpaint" in json.loads(result.info)["infotexts"][0]
 
 
+def test_adetailer_passthrough_runs_the_requests_units_inside_the_inpaint_pass(sd15_engine, counted, monkeypatch):
+    """ADetailer's "Passthrough": the request's own ControlNet unit guides the generation and then, with its
+    image cut to the detected region ("only masked"), every UNet call of the inpaint pass."""
+    from engine.detailer import detect
+    from engine.detailer.masks import Detections, box_mask
+
+    def one_box(self, image, confidence):
+        return Detections(image.size, ((16.0, 16.0, 48.0, 48.0),), (0.9,), (box_mask(image.size, (16, 16, 48, 48)),))
+
+    monkeypatch.setattr(detect.YoloDetector, "detect", one_box)
+    unit = {"module": "invert", "model": "control_v11p_sd15_inpaint", "image": _b64(_photo()), "guidance_end": 0.3}
+    payload = _payload([unit], steps=4)
+    payload["alwayson_scripts"]["ADetailer"] = {"args": [True, False, {
+        "ad_model": "face_yolov8n.pt", "ad_controlnet_model": "Passthrough", "ad_denoising_strength": 0.5,
+        "ad_inpaint_only_masked_padding": 0}]}
+    result = sd15_engine.txt2img(payload)
+    generation, detail = counted
+    # Guidance [0, 0.3]; the generation's 4 steps are at fractions 0, 0, 1/4, 1/2 (sd-webui-controlnet reads the
+    # step counter before the sampler advances it) → 3 calls; the inner pass's 3 at 0, 0, 1/3 → 2.
+    assert generation.model_calls == 3 and detail.model_calls == 2
+    passed = detail.map_units[0].unit
+    assert passed.module.name == "invert" and passed.field("model") == "alwayson_scripts.controlnet.args[0].model"
+    # The unit's image was cut to the padded detection box, so the inner map is not the whole photo's.
+    whole = generation.map_units[0].unit.image
+    assert passed.image.size != whole.size or passed.image.tobytes() != whole.tobytes()
+    assert "ADetailer ControlNet model: Passthrough" in json.loads(result.info)["infotexts"][0]
+
+
 def test_the_shared_control_models_are_unchanged_by_requests(sd15_engine, demo_models):
     controlnet = sd15_engine.control_models.controlnet(demo_models / "ControlNet" / "control_v11p_sd15_inpaint.safetensors")
     before = {k: v.clone() for k, v in controlnet.state_dict().items()}

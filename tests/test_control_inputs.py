@@ -18,7 +18,7 @@ from engine.control.units import (
     CROP_AND_RESIZE,
     JUST_RESIZE,
     RESIZE_AND_FILL,
-    detailer_controlnet,
+    detailer_controlnets,
     parse_controlnet_args,
     with_init_image,
 )
@@ -173,16 +173,30 @@ def test_tencentarc_adapter_keys_map_onto_diffusers_full_adapter():
 def test_adetailer_controlnet_module_follows_the_model_name(model, module, expected):
     unit = ADetailerUnit(ad_model="a.pt", ad_controlnet_model=model, ad_controlnet_module=module,
                          ad_controlnet_weight=0.6)
-    control = detailer_controlnet(unit, "alwayson_scripts.ADetailer.args[2].ad_controlnet_model")
+    (control,) = detailer_controlnets(unit, "alwayson_scripts.ADetailer.args[2].ad_controlnet_model", ())
     assert control.module.name == expected and control.pixel_perfect and control.weight == 0.6
     assert control.image is None and control.field("model") == "alwayson_scripts.ADetailer.args[2].ad_controlnet_model"
-    assert detailer_controlnet(ADetailerUnit(ad_model="a.pt"), "x") is None
+    assert detailer_controlnets(ADetailerUnit(ad_model="a.pt"), "x", ()) == ()
+
+
+def test_adetailer_passthrough_keeps_the_requests_units():
+    """ADetailer's "Passthrough" leaves the request's ControlNet units in its inner pass (as parsed, so an
+    img2img unit without an image takes the inner pass's image); IP-Adapter units there are refused."""
+    units = parse_controlnet_args({"controlnet": {"args": [{"module": "canny", "model": "control_canny"}]}},
+                                  img2img=True)
+    unit = ADetailerUnit(ad_model="a.pt", ad_controlnet_model="Passthrough")
+    assert detailer_controlnets(unit, "w.ad_controlnet_model", units) == units
+    assert detailer_controlnets(unit, "w.ad_controlnet_model", ()) == ()
+    faces = parse_controlnet_args({"controlnet": {"args": [{"module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15"}]}},
+                                  img2img=True)
+    with pytest.raises(UnsupportedError, match=r"^w\.ad_controlnet_model: \"Passthrough\" with an IP-Adapter unit"):
+        detailer_controlnets(unit, "w.ad_controlnet_model", faces)
 
 
 def test_adetailer_cannot_run_a_face_embedding_module():
     unit = ADetailerUnit(ad_model="a.pt", ad_controlnet_model="ip-adapter", ad_controlnet_module="instant_id_face_embedding")
     with pytest.raises(UnsupportedError, match="ad_controlnet_module"):
-        detailer_controlnet(unit, "w.ad_controlnet_model")
+        detailer_controlnets(unit, "w.ad_controlnet_model", ())
 
 
 @pytest.mark.parametrize(("module", "given", "expected"), [

@@ -160,8 +160,8 @@ def test_unknown_module_lists_the_supported_ones():
 
 
 def test_a_known_but_unsupported_module_says_so():
-    with pytest.raises(UnsupportedError, match=r"args\[0\]\.module: ControlNet module 'seg_ofade20k' .*not supported"):
-        _parse({"module": "seg_ofade20k", "model": "x", "image": IMAGE})
+    with pytest.raises(UnsupportedError, match=r"args\[0\]\.module: ControlNet module 'seg_ufade20k' .*not supported"):
+        _parse({"module": "seg_ufade20k", "model": "x", "image": IMAGE})
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,9 @@ def test_module_list_shape():
     body = module_list(None, {})
     # sd-webui-controlnet's order: "none", ip-adapter-auto (priority 1000), then priority 100 by label
     # descending, then the rest.
-    assert body["module_list"][:5] == ["none", "ip-adapter-auto", "tile_resample", "pidinet", "pidinet_scribble"]
+    assert body["module_list"][:6] == ["none", "ip-adapter-auto", "tile_resample", "pidinet", "oneformer_ade20k",
+                                       "pidinet_scribble"]  # labels softedge_pidinet > seg_ofade20k > scribble_…
+    assert "oneformer_coco" in body["module_list"]
     assert body["module_list"].index("canny") < body["module_list"].index("invert")
     canny = body["module_detail"]["canny"]
     assert canny["model_free"] is False
@@ -240,6 +242,7 @@ def test_module_list_shape():
 def test_module_list_with_alias_names_uses_the_labels():
     body = module_list(None, {"alias_names": "true"})
     assert "depth_midas" in body["module_list"] and "depth" not in body["module_list"]
+    assert {"seg_ofade20k", "seg_ofcoco"} <= set(body["module_list"])
     assert "inpaint_global_harmonious" in body["module_detail"]
     assert body["module_detail"]["mlsd"]["sliders"][1] == {"name": "MLSD Value Threshold", "value": 0.1,
                                                            "min": 0.01, "max": 2.0, "step": 0.01}

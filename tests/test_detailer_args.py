@@ -142,7 +142,6 @@ def test_an_unknown_key_is_an_error_listing_the_valid_ones():
 
 
 @pytest.mark.parametrize(("values", "key"), [
-    ({"ad_controlnet_model": "Passthrough"}, "ad_controlnet_model"),
     ({"ad_model": "yolov8x-worldv2.pt", "ad_model_classes": "person,cat"}, "ad_model_classes"),
 ])
 def test_unsupported_features_of_an_active_unit_are_errors(values, key):

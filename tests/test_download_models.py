@@ -308,6 +308,23 @@ def test_an_annotator_file_two_annotators_share_is_in_both_groups():
         "annotator-openpose/yolox_l.onnx", "annotator-openpose/dw-ll_ucoco_384.onnx"]
 
 
+def test_every_annotator_the_worker_loads_has_its_files_in_a_group():
+    """The worker's "not found" error names `annotator-<name>`: that group must fetch exactly the files it checks."""
+    from engine.control.maps.annotators import ANNOTATORS
+
+    for name, annotator in ANNOTATORS.items():
+        items = dm.select(dm.MANIFEST, f"annotator-{name}")
+        assert {item.dest for item in items} == {f"ControlNetAnnotators/{annotator.folder}/{file}"
+                                                 for file in annotator.files}, name
+
+
+def test_oneformer_folders_come_from_shi_labs_transformers_repositories():
+    items = dm.select(dm.MANIFEST, "annotator-oneformer_ade20k")
+    assert {item.repo_id for item in items} == {"shi-labs/oneformer_ade20k_swin_large"}
+    assert "pytorch_model.bin" in {item.filename for item in items}
+    assert not any(item.filename.endswith("oneformer_ade20k_160k.pth") for item in items)  # the detectron2 copy
+
+
 def test_demo_files_are_never_taken_for_real_ones(tmp_path, capsys):
     """After `demo-models`, a real download replaces the random-weight file of the same name."""
     from engine.demo.models import DEMO_MARKER, write_demo_models
@@ -355,7 +372,7 @@ def test_face_restoration_files_land_where_a1111_keeps_them(tmp_path):
 
 
 def test_release_files_come_from_a1111s_urls():
-    urls = {item.name: item.url for item in dm.MANIFEST if item.url and "reactor" not in item.groups}
+    urls = {item.name: item.url for item in dm.MANIFEST if "face-restoration" in item.groups}
     assert urls == {
         "codeformer-v0.1.0": "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",
         "GFPGANv1.4": "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth",
@@ -466,3 +483,20 @@ def test_fetched_detectors_are_listed_as_trusted_pickles(tmp_path):
     stamp = listed.stat().st_mtime_ns
     assert run(tmp_path, "--only", "alpha", fetch=no_network, manifest=[item, other]) == 0
     assert listed.stat().st_mtime_ns == stamp  # nothing new: the list is not rewritten
+
+
+def test_mediapipe_group_fetches_the_files_adetailers_mediapipe_models_need(tmp_path):
+    """`--only mediapipe` covers every file the four `mediapipe_face_*` models read, where the worker looks
+    for them; the two detectors are pinned to the generation and sha256 mediapipe's build lists."""
+    from engine.detailer.mediapipe import MEDIAPIPE_MODELS, mediapipe_model_file
+
+    items = [item for item in dm.MANIFEST if "mediapipe" in item.groups]
+    assert sorted(item.dest for item in items) == sorted({f"mediapipe/{m.file}" for m in MEDIAPIPE_MODELS.values()})
+    detectors = [item for item in items if item.dest.endswith(".tflite")]
+    assert all(item.sha256 and "generation=" in item.url for item in detectors)
+
+    hub = FakeHub()
+    assert run(tmp_path, "--only", "mediapipe-face-landmarker", fetch=hub) == 0
+    assert hub.calls == ["mediapipe-face-landmarker"]
+    found = mediapipe_model_file(tmp_path, "mediapipe_face_mesh", "ad_model")
+    assert found.read_bytes() == content_of("google-ai-edge/mediapipe", "face_landmarker.task")

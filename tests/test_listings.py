@@ -18,6 +18,7 @@ from engine.options import DEFAULTS, OptionsStore
 from engine.resources.catalog import ModelCatalog
 from engine.stopping import Deadline, StopSignal
 from engine.translate.common import OVERRIDE_SETTINGS
+from engine.wire.infotext import parse_infotext
 from engine.wire.routes import GENERATION_REQUESTS, ROUTES, JobState, route
 
 
@@ -164,7 +165,7 @@ INFOTEXT = (
 
 
 def test_infotext_is_parsed_as_a1111_does():
-    parsed = listings.parse_infotext(INFOTEXT)
+    parsed = parse_infotext(INFOTEXT)
     assert parsed["Prompt"] == "a photo of a cat,\nhighly detailed"
     assert parsed["Negative prompt"] == 'blurry, "bad hands"'
     assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"], parsed["Seed"]) == (
@@ -177,7 +178,7 @@ def test_infotext_is_parsed_as_a1111_does():
     assert parsed["Lora hashes"] == "detail: 1a2b3c, style: 0f0e0d"
     assert parsed["Clip skip"] == "1" and parsed["Hires resize-1"] == 0 and parsed["RNG"] == "GPU"
     # Fewer than three "Key: value" pairs: the last line is prompt too.
-    assert listings.parse_infotext("a dog\nSteps: 3")["Prompt"] == "a dog\nSteps: 3"
+    assert parse_infotext("a dog\nSteps: 3")["Prompt"] == "a dog\nSteps: 3"
 
 
 @pytest.mark.parametrize("samples_format", ["png", "jpg", "webp"])

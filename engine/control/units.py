@@ -384,12 +384,27 @@ ADETAILER_MODULE_OF_MODEL = {"inpaint": "inpaint_global_harmonious", "scribble":
                              "depth": "depth_midas"}
 
 
-def detailer_controlnet(args, model_field: str) -> ControlUnit | None:
-    """ADetailer's `ad_controlnet_*` as the unit ADetailer hands sd-webui-controlnet (`update_scripts_args`):
-    Balanced, pixel perfect, no image (the inpaint pass's image and mask are used). None without a model."""
+PASSTHROUGH = "Passthrough"
+
+
+def detailer_controlnets(args, model_field: str, request_units: Sequence[ControlUnit]) -> tuple[ControlUnit, ...]:
+    """ADetailer's `ad_controlnet_*`: the units ADetailer's inner img2img runs (none for "None").
+
+    A model name gives the one unit ADetailer hands sd-webui-controlnet (`update_scripts_args`): Balanced, pixel
+    perfect, no image (the inpaint pass's image and mask are used). "Passthrough" keeps the request's own units
+    (`request_units`, before img2img filled in their images) in the inner pass, as ADetailer leaves the script's
+    args untouched (ADetailer `scripts/!adetailer.py` `get_i2i_p`, AGPL-3.0): a unit without an image of its own
+    then takes the inner pass's image and mask, and every unit is cut to the "only masked" region like the pass.
+    """
     model = args.ad_controlnet_model
     if model in ("None", "", None):
-        return None
+        return ()
+    if model == PASSTHROUGH:
+        embedding = next((unit for unit in request_units if unit.is_face_embedding or unit.is_image_prompt), None)
+        if embedding is not None:
+            raise UnsupportedError(model_field, f"\"Passthrough\" with an IP-Adapter unit "
+                                                f"({embedding.field('module')}) is not supported in ADetailer's pass")
+        return tuple(request_units)
     module = args.ad_controlnet_module
     if module in ("None", "", None):
         module = next((name for key, name in ADETAILER_MODULE_OF_MODEL.items() if key in model), "none")
@@ -402,7 +417,7 @@ def detailer_controlnet(args, model_field: str) -> ControlUnit | None:
     unit = replace(unit, where=where)
     if unit.is_face_embedding or unit.is_image_prompt:
         raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
-    return unit
+    return (unit,)
 
 
 def _check_instant_id(units: list[ControlUnit]) -> None:

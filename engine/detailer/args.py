@@ -255,8 +255,6 @@ def _legacy_confidence(value: Any) -> Any:
 _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
     ("ad_model_classes", lambda u: bool(u.ad_model_classes.strip()) and "-world" in PurePosixPath(u.ad_model).stem,
      "YOLO-World class prompts need the CLIP text encoder, which is not available offline"),
-    ("ad_controlnet_model", lambda u: u.ad_controlnet_model == "Passthrough",
-     "\"Passthrough\" (the request's own ControlNet units inside ADetailer's pass) is not supported"),
 )
 
 

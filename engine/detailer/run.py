@@ -141,14 +141,15 @@ def _inpaint_mask(image, mask, mask_prompt, unit: DetailerPlan, pipe, context):
 
 
 def _detail_control(unit: DetailerPlan, image: Image.Image, mask: Image.Image, make_control, mask_prompt):
-    """ADetailer's ControlNet unit for this inpaint pass, as sd-webui-controlnet sees ADetailer's img2img: no
-    image of its own, so the whole current image (img2img resize mode 0) and, for inpaint modules, the mask
-    blurred by `ad_mask_blur`, both cut to the "only masked" region like the pass."""
-    if unit.controlnet is None:
+    """ADetailer's ControlNet units for this inpaint pass, as sd-webui-controlnet sees ADetailer's img2img: a
+    unit without an image of its own takes the whole current image (img2img resize mode 0) and, for inpaint
+    modules, the mask blurred by `ad_mask_blur`; every unit's inputs are cut to the "only masked" region like
+    the pass."""
+    if not unit.controlnets:
         return None
     if make_control is None:
         raise RuntimeError("ADetailer's ControlNet needs make_control")
     init = InitPlan(images=(image,), strength=unit.strength, resize_mode=0, mask=mask,
                     mask_blur=(unit.mask_blur, unit.mask_blur), only_masked=unit.only_masked, padding=unit.padding)
-    units, _ = with_init_image((unit.controlnet,), init, *unit.size)
+    units, _ = with_init_image(unit.controlnets, init, *unit.size)
     return make_control(units, unit.size, mask_prompt.seed + mask_prompt.subseed)

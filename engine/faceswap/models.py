@@ -13,8 +13,9 @@ from engine.faceswap.args import ReactorArgs, field
 from engine.faceswap.face_mask import MASK_MODEL_FILE, load_mask_parser
 from engine.faceswap.swapper import FACE_MODELS_FOLDER, FaceSwapper
 from engine.resources.cache import ResidentCache
-from engine.resources.catalog import ModelCatalog, natural_key
+from engine.resources.catalog import ModelCatalog
 from engine.resources.model_files import load_listed
+from engine.resources.name_matching import natural_key
 
 
 MASK_MODEL_KIND = "gfpgan"  # A1111's `patch_facexlib` saves facexlib's downloads in models/GFPGAN

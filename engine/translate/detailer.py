@@ -1,7 +1,7 @@
 """ADetailer units → `DetailerPlan`s, in diffusers' terms."""
 
 from engine import samplers
-from engine.control.units import detailer_controlnet
+from engine.control.units import detailer_controlnets
 from engine.detailer.args import ADetailerArgs
 from engine.errors import RequestError
 from engine.networks import lora_requests
@@ -24,10 +24,12 @@ from engine.translate.faces import face_restoration_plan
 SAME_VAE = ("None", "Use same VAE")  # ADetailer keeps the generation's VAE for these
 
 
-def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options, settings: Settings):
+def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, sampler, options, settings: Settings,
+                   control_units=()):
     """ADetailer's inner img2img per unit (`get_i2i_p`): its own steps, cfg, sampler, size... when its
     `ad_use_*` flags say so, else the request's; the size is the *base* size even under hires fix. The unit's
-    own steps, size and prompts are bounded by `settings` as the request's are."""
+    own steps, size and prompts are bounded by `settings` as the request's are. `control_units`: the request's
+    ControlNet units, which "Passthrough" runs in the inner pass."""
     plans = []
     for position, unit in adetailer.active_units:
         _check_unit_bounds(unit, lambda key, position=position: adetailer.field(position, key), settings)
@@ -73,7 +75,7 @@ def detailer_plans(adetailer: ADetailerArgs, request, width, height, steps, samp
                 vae=unit.ad_vae if unit.ad_use_vae and unit.ad_vae not in (None, "", *SAME_VAE) else None,
                 # ADetailer's inner img2img gets restore_faces=ad_restore_face and A1111's options.
                 face_restoration=face_restoration_plan(unit.ad_restore_face, options),
-                controlnet=detailer_controlnet(unit, adetailer.field(position, "ad_controlnet_model")),
+                controlnets=detailer_controlnets(unit, adetailer.field(position, "ad_controlnet_model"), control_units),
             )
         )
     return tuple(plans)
