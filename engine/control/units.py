@@ -1,6 +1,5 @@
 """The `alwayson_scripts.controlnet` arguments: unit dicts as sd-webui-controlnet and Forge accept them. No torch."""
 
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -9,7 +8,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.control.inputs import crop_to_mask_region, decode_unit_images, processed_mask, to_rgb
+from engine.control.inputs import decode_unit_images
 from engine.control.ip_adapters import AUTO_MODULE, auto_module
 from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MODULES, UNION_TYPES, ModuleSpec, find_module
 from engine.errors import RequestError, UnsupportedError, choices
@@ -199,7 +198,7 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None, img2img: b
             raise RequestError(field, f"must be a unit object, got {entry!r:.60}")
         raw = parse_model(UnitArgs, _with_current_keys(entry, field), field)
         if _is_active(raw):
-            units += _resolve(raw, index, field, img2img, limits)
+            units += resolve_unit(raw, index, field, img2img, limits)
     _check_instant_id(units)
     return tuple(units)
 
@@ -230,7 +229,7 @@ def _no_model(model: str | None) -> bool:
     return model is None or model.strip().lower() in (NO_MODEL, "")
 
 
-def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool,
+def resolve_unit(raw: UnitArgs, index: int, field: str, img2img: bool,
              limits: ImageLimits = DEFAULT_LIMITS) -> tuple[ControlUnit, ...]:
     """The unit ready to run; a ControlNet unit with several images in input_mode "merge" gives one per image."""
     module = find_module(raw.module, f"{field}.module")
@@ -285,15 +284,15 @@ def _resolved(raw: UnitArgs, index: int, field: str, module: ModuleSpec, first: 
         model=str(raw.model).strip(),
         weight=raw.weight,
         **_image_and_mask(*first, module, f"{field}.mask"),
-        resize_mode=_named(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
+        resize_mode=named_choice(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
         processor_res=_whole(module.resolution.pick(raw.processor_res)),
         threshold_a=module.threshold_a.pick(raw.threshold_a),
         threshold_b=module.threshold_b.pick(raw.threshold_b),
         guidance_start=raw.guidance_start,
         guidance_end=raw.guidance_end,
         pixel_perfect=raw.pixel_perfect,
-        control_mode=_named(CONTROL_MODES, raw.control_mode, f"{field}.control_mode"),
-        hr_option=_named(HR_OPTIONS, raw.hr_option, f"{field}.hr_option"),
+        control_mode=named_choice(CONTROL_MODES, raw.control_mode, f"{field}.control_mode"),
+        hr_option=named_choice(HR_OPTIONS, raw.hr_option, f"{field}.hr_option"),
         save_detected_map=raw.save_detected_map,
         module_name=str(raw.module).strip(),
         union_type=_union_type(raw.union_control_type, module, f"{field}.union_control_type"),
@@ -338,86 +337,12 @@ def _check_clip_mask(mask: Image.Image, field: str) -> None:
                                   "cut to what the adapter should see")
 
 
-def _named(table: Mapping[Any, str], value: str | int, field: str) -> str:
+def named_choice(table: Mapping[Any, str], value: str | int, field: str) -> str:
     key = value.strip().lower() if isinstance(value, str) else value
     if key not in table:
         names = sorted({name for name in table.values()})
         raise RequestError(field, f"unknown value {value!r}; valid: {choices(names)} or their numbers")
     return table[key]
-
-
-def with_init_image(units: Sequence[ControlUnit], init, width: int,
-                    height: int) -> tuple[tuple[ControlUnit, ...], list[str]]:
-    """img2img (`init`: the plan's `InitPlan`, the pass `width` × `height`): units without an image take the
-    first init image in the img2img resize mode, inpaint units the mask (inverted and blurred as A1111 does:
-    sd-webui-controlnet `choose_input_image` / `prepare_mask`); under "only masked" inpainting every input is
-    cut to the masked region as the pass is (`try_crop_image_with_a1111_mask`, `inpaint_crop_input_image`); and
-    with an img2img mask `inpaint_only` runs as `inpaint`. Returns the units and notes for `warnings`."""
-    mask = None if init.mask is None else processed_mask(init.mask, init.mask_round, init.invert_mask, init.mask_blur)
-    done, notes = [], []
-    for unit in units:
-        if unit.image is None:
-            source = init.images[0]
-            fallback = mask if mask is not None else Image.new("L", source.size, 0)
-            unit = replace(unit, image=to_rgb(source), resize_mode=_named(RESIZE_MODES, min(init.resize_mode, 2), ""),
-                           mask=fallback if unit.module.is_inpaint else None)
-        # sd-webui-controlnet crops a single input only (`get_control`: a list skips the crop).
-        if mask is not None and init.only_masked and unit.crop_to_mask and not unit.extra_images:
-            unit = _cropped_to_mask(unit, mask, init.padding, width, height)
-        if unit.module.name == "inpaint_only" and mask is not None:
-            notes.append(f"{unit.field('module')}: inpaint_only with an img2img mask runs as "
-                         "inpaint_global_harmonious, as sd-webui-controlnet does")
-            unit = replace(unit, module=MODULES["inpaint"])
-        done.append(unit)
-    return tuple(done), notes
-
-
-def _cropped_to_mask(unit: ControlUnit, mask: Image.Image, padding: int, width: int, height: int) -> ControlUnit:
-    mode = {JUST_RESIZE: 0, CROP_AND_RESIZE: 1, RESIZE_AND_FILL: 2}[unit.resize_mode]
-    cut = functools.partial(crop_to_mask_region, mode=mode, mask=mask, padding=padding, width=width, height=height)
-    return replace(unit, image=cut(unit.image), mask=cut(unit.mask) if unit.mask is not None else None)
-
-
-# ADetailer `controlnet_ext/common.py` `cn_model_module`: the module a model name implies when none is given.
-ADETAILER_MODULE_OF_MODEL = {"inpaint": "inpaint_global_harmonious", "scribble": "t2ia_sketch_pidi",
-                             "lineart": "lineart_coarse", "openpose": "openpose_full", "tile": "tile_resample",
-                             "depth": "depth_midas"}
-
-
-PASSTHROUGH = "Passthrough"
-
-
-def detailer_controlnets(args, model_field: str, request_units: Sequence[ControlUnit]) -> tuple[ControlUnit, ...]:
-    """ADetailer's `ad_controlnet_*`: the units ADetailer's inner img2img runs (none for "None").
-
-    A model name gives the one unit ADetailer hands sd-webui-controlnet (`update_scripts_args`): Balanced, pixel
-    perfect, no image (the inpaint pass's image and mask are used). "Passthrough" keeps the request's own units
-    (`request_units`, before img2img filled in their images) in the inner pass, as ADetailer leaves the script's
-    args untouched (ADetailer `scripts/!adetailer.py` `get_i2i_p`, AGPL-3.0): a unit without an image of its own
-    then takes the inner pass's image and mask, and every unit is cut to the "only masked" region like the pass.
-    """
-    model = args.ad_controlnet_model
-    if model in ("None", "", None):
-        return ()
-    if model == PASSTHROUGH:
-        embedding = next((unit for unit in request_units if unit.is_face_embedding or unit.is_image_prompt), None)
-        if embedding is not None:
-            raise UnsupportedError(model_field, f"\"Passthrough\" with an IP-Adapter unit "
-                                                f"({embedding.field('module')}) is not supported in ADetailer's pass")
-        return tuple(request_units)
-    module = args.ad_controlnet_module
-    if module in ("None", "", None):
-        module = next((name for key, name in ADETAILER_MODULE_OF_MODEL.items() if key in model), "none")
-    where = model_field.removesuffix("_model")
-    raw = parse_model(UnitArgs, {"module": module, "model": model, "weight": args.ad_controlnet_weight,
-                                 "guidance_start": args.ad_controlnet_guidance_start,
-                                 "guidance_end": args.ad_controlnet_guidance_end, "pixel_perfect": True},
-                      where)
-    (unit,) = _resolve(raw, 0, where, img2img=True)  # no image: one unit
-    unit = replace(unit, where=where)
-    if unit.is_face_embedding or unit.is_image_prompt:
-        raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
-    return (unit,)
 
 
 def _check_instant_id(units: list[ControlUnit]) -> None:
