@@ -11,7 +11,8 @@ Each file is downloaded into `<models>/.downloads/` and renamed into place only 
 Most files come from the Hugging Face Hub; the face restoration weights come from the GitHub releases A1111
 downloads them from (`--only face-restoration`; CodeFormer's weights are for non-commercial use only).
 ReActor's swap model and insightface's buffalo_l pack (`--only reactor`, unpacked from insightface's zip) are
-likewise for non-commercial research only.
+likewise for non-commercial research only; the same group fetches facexlib's BiSeNet face parser (MIT) for its
+face mask correction.
 """
 
 import argparse
@@ -193,6 +194,11 @@ MANIFEST: tuple[Item, ...] = (
          default=False, groups=("reactor",), repo_type="dataset"),
     Item("buffalo_l", "insightface", "deepinsight/insightface", "buffalo_l.zip", "insightface/models/buffalo_l",
          default=False, groups=("reactor", "ip-adapter-faceid"), url=BUFFALO_L_URL, unpack=BUFFALO_L_FILES),
+    # ReActor's face mask correction: facexlib's BiSeNet (`init_parsing_model("bisenet")`), which A1111's
+    # `patch_facexlib` saves in models/GFPGAN.
+    Item("facexlib-bisenet", "face-restoration", "xinntao/facexlib", "parsing_bisenet.pth",
+         "GFPGAN/parsing_bisenet.pth", 53_289_463, default=False, groups=("reactor",),
+         url=GITHUB_RELEASES.format(repo="xinntao/facexlib", tag="v0.2.0", file="parsing_bisenet.pth")),
     # The face detector and parser both restorers need.
     _release_item("facexlib-detection", "xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth",
                   "GFPGAN/detection_Resnet50_Final.pth", 109_497_761,
@@ -207,6 +213,10 @@ MANIFEST: tuple[Item, ...] = (
 # one annotator's group `annotator-<name>` (the name its "not found" error gives).
 ANNOTATOR_REPO = "lllyasviel/Annotators"
 ANIMAL_POSE_FILE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+# OneFormer as SHI-Labs' transformers folders (sd-webui-controlnet's detectron2 .pth has no loader here): the
+# model, its config and the CLIP tokenizer, not the repositories' copy of the .pth.
+ONEFORMER_FILES = ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (folder, files)
     "hed": ("hed", ("ControlNetHED.pth",)), "pidinet": ("pidinet", ("table5_pidinet.pth",)),
     "mlsd": ("mlsd", ("mlsd_large_512_fp32.pth",)), "lineart": ("lineart", ("sk_model.pth", "sk_model2.pth")),
@@ -221,6 +231,8 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
     "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
     "clip_h": ("clip_vision", ("clip_h.pth",)), "clip_g": ("clip_vision", ("clip_g.pth",)),
+    "oneformer_ade20k": ("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES),
+    "oneformer_coco": ("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES),
 }
 # Files that are not in lllyasviel/Annotators: file → (repo, path in the repo, repo type), where
 # sd-webui-controlnet downloads them from.
@@ -234,6 +246,12 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
     # IP-Adapter's own image encoder (OpenCLIP ViT-H/14), which sd-webui-controlnet saves as clip_h.pth.
     "clip_h.pth": ("h94/IP-Adapter", "models/image_encoder/pytorch_model.bin", None),
+}
+
+# Folders whose files all come from one Hub repository, at the same paths.
+ANNOTATOR_FOLDER_REPOS: dict[str, str] = {
+    "oneformer/oneformer_ade20k_swin_large": "shi-labs/oneformer_ade20k_swin_large",
+    "oneformer/oneformer_coco_swin_large": "shi-labs/oneformer_coco_swin_large",
 }
 
 
@@ -252,7 +270,10 @@ def _annotator_items() -> tuple[Item, ...]:
             groups.setdefault((folder, file), []).append(f"annotator-{name}")
     items = []
     for (folder, file), names in groups.items():
-        repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
+        if folder in ANNOTATOR_FOLDER_REPOS:
+            repo_id, path, repo_type = ANNOTATOR_FOLDER_REPOS[folder], file, None
+        else:
+            repo_id, path, repo_type = ANNOTATOR_SOURCES.get(file, (ANNOTATOR_REPO, file, None))
         items.append(Item(f"annotator-{folder}/{file}", "annotator", repo_id, path,
                           f"ControlNetAnnotators/{folder}/{file}", default=False,
                           groups=("annotators", *names, *ANNOTATOR_EXTRA_GROUPS.get(file, ())),

@@ -37,7 +37,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import engine.generation_job  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.control import request as control_request  # noqa: E402
 from engine.demo.models import write_demo_models  # noqa: E402
@@ -94,6 +93,10 @@ def unit_types(size: int) -> dict[str, tuple[str, dict]]:
                                                        "model": "control_v11f1p_sd15_depth", "image": image}),
         "seg_anime_face → ControlNet": ("tiny-sd15", {"module": "seg_anime_face", "model": "control_v11f1p_sd15_depth",
                                                       "image": image}),
+        "seg_ofade20k → ControlNet": ("tiny-sd15", {"module": "seg_ofade20k", "model": "control_v11f1p_sd15_depth",
+                                                    "image": image}),
+        "seg_ofcoco → ControlNet": ("tiny-sd15", {"module": "seg_ofcoco", "model": "control_v11f1p_sd15_depth",
+                                                  "image": image}),
     }
 
 
@@ -126,7 +129,9 @@ def main() -> None:
         timings.append(time.perf_counter() - started)
         return made[-1]
 
-    engine.generation_job.prepare_control = timed
+    # `engine.generation_job` imports `prepare_control` from its module at each request ("lazy ControlNet
+    # import"), so the module attribute is the one to wrap.
+    control_request.prepare_control = timed
     with tempfile.TemporaryDirectory() as folder:
         write_demo_models(Path(folder))
         worker = Engine.from_models_dir(folder, device="cpu")

@@ -318,6 +318,13 @@ def reactor_facemodels(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
     return {"facemodels": [name.split(".")[0] for name in engine.face_swap.face_models()]}
 
 
+def reactor_facemodels_build(engine, payload: dict[str, Any]) -> dict[str, list[str]]:
+    """`POST /reactor/facemodels`: a face model blended from `source_images`, saved as `name`; the face models."""
+    from engine.faceswap.blend import build_face_model
+
+    return build_face_model(engine, payload)
+
+
 def reactor_image(engine, payload: dict[str, Any]) -> dict[str, str]:
     """`POST /reactor/image`: ReActor on one target image, `{"image": base64}`."""
     from engine.faceswap.api import swap_image

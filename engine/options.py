@@ -9,7 +9,8 @@ from engine.errors import RequestError
 from engine.imaging.png import IMAGE_FORMATS, ImageEncoding
 from engine.prompts.options import OVERRIDE_SETTINGS as PROMPT_OPTIONS
 from engine.prompts.options import prompt_options_from
-from engine.resources.catalog import CheckpointEntry, ModelCatalog
+from engine.resources.catalog import ModelCatalog
+from engine.resources.entries import CheckpointEntry
 from engine.translate.common import OVERRIDE_SETTINGS
 from engine.wire.options import OPTION_NAMES, check_option
 

@@ -8,7 +8,7 @@ from engine.detailer.mediapipe import is_mediapipe_model, mediapipe_model_file
 from engine.errors import UnsupportedError
 from engine.generate import Models
 from engine.plan import GenerationPlan
-from engine.resources.catalog import CheckpointEntry, VaeEntry
+from engine.resources.entries import CheckpointEntry, VaeEntry
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from engine.plan_models import resolve_models
 from engine.prompts.embeddings import EmbeddingDatabase
 from engine.prompts.styles import StyleDatabase, styles_file_candidates
 from engine.resources.cache import PipelineCache, estimate_checkpoint_bytes, resolve_budget
-from engine.resources.catalog import CheckpointEntry, ModelCatalog
+from engine.resources.catalog import ModelCatalog
+from engine.resources.entries import CheckpointEntry
 from engine.resources.loader import Precision, load_pipeline
 from engine.resources.model_files import load_listed
 from engine.resources.trusted_pickles import TrustedPickles

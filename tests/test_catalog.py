@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 from engine.errors import NotFoundError
 from engine.resources import hashing
-from engine.resources.catalog import VOLUME_MODEL_DIRS, ModelCatalog, locate_models_root, split_hash
+from engine.resources.catalog import VOLUME_MODEL_DIRS, ModelCatalog, locate_models_root
 from engine.resources.hashing import (
     HashCache,
     addnet_hash_file,
@@ -24,6 +24,7 @@ from engine.resources.hashing import (
     read_safetensors_metadata,
     sha256_file,
 )
+from engine.resources.name_matching import split_hash
 
 
 BIG = 1_200_000  # > 0x110000, so the legacy hash window is fully inside the file

@@ -10,18 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.control.detailer_units import detailer_controlnets
 from engine.control.effects import UnetBlend, box_blur, latent_mask, noised_start
 from engine.control.hints import model_hint
+from engine.control.img2img_units import with_init_image
 from engine.control.models import adapter_to_diffusers, file_kind
 from engine.control.preprocess import fit_map
-from engine.control.units import (
-    CROP_AND_RESIZE,
-    JUST_RESIZE,
-    RESIZE_AND_FILL,
-    detailer_controlnets,
-    parse_controlnet_args,
-    with_init_image,
-)
+from engine.control.units import CROP_AND_RESIZE, JUST_RESIZE, RESIZE_AND_FILL, parse_controlnet_args
 from engine.detailer.args import ADetailerUnit
 from engine.errors import RequestError, UnsupportedError
 from engine.plan import InitPlan

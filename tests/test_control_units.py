@@ -160,8 +160,8 @@ def test_unknown_module_lists_the_supported_ones():
 
 
 def test_a_known_but_unsupported_module_says_so():
-    with pytest.raises(UnsupportedError, match=r"args\[0\]\.module: ControlNet module 'seg_ofade20k' .*not supported"):
-        _parse({"module": "seg_ofade20k", "model": "x", "image": IMAGE})
+    with pytest.raises(UnsupportedError, match=r"args\[0\]\.module: ControlNet module 'seg_ufade20k' .*not supported"):
+        _parse({"module": "seg_ufade20k", "model": "x", "image": IMAGE})
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_a_known_but_unsupported_module_says_so():
         ({"module": "canny", "model": "c", "image": {"image": IMAGE, "mask": MASK}}, UnsupportedError,
          r"\.mask: a mask is used only by inpaint modules"),
         ({"module": "canny", "model": "c", "image": [{"image": IMAGE}, {"image": IMAGE}]}, UnsupportedError,
-         r"\.image: one image per unit"),
+         r"\.image: several images are taken by IP-Adapter units only, or with input_mode \"merge\""),
         ({"module": "canny", "model": "c", "image": IMAGE, "advanced_weighting": [1.0] * 13}, UnsupportedError,
          r"advanced_weighting"),
     ],
@@ -187,6 +187,22 @@ def test_a_known_but_unsupported_module_says_so():
 def test_bad_units_name_the_field(unit, error, message):
     with pytest.raises(error, match=message):
         _parse(unit)
+
+
+def test_merge_mode_splits_a_controlnet_unit_per_image_at_a_share_of_the_weight():
+    """sd-webui-controlnet `unfold_merged`: input_mode "merge" makes one unit per image, each at weight / images,
+    each its own infotext entry; an IP-Adapter unit stays one (its images are averaged)."""
+    from engine.control.units import infotext_params
+
+    blue = _png_base64((10, 20, 200))
+    units = _parse({"module": "canny", "model": "c", "weight": 0.9, "input_mode": "merge",
+                    "image": [{"image": IMAGE}, {"image": blue}, {"image": IMAGE}]})
+    assert [unit.weight for unit in units] == pytest.approx([0.3, 0.3, 0.3])
+    assert [unit.image.getpixel((0, 0)) for unit in units] == [(200, 30, 60), (10, 20, 200), (200, 30, 60)]
+    assert list(infotext_params(units)) == ["ControlNet 0", "ControlNet 1", "ControlNet 2"]
+    (prompt,) = _parse({"module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15", "input_mode": "merge",
+                        "image": [{"image": IMAGE}, {"image": blue}]})
+    assert prompt.weight == 1.0 and len(prompt.extra_images) == 1
 
 
 def test_instant_id_controlnet_needs_the_embedding_unit():
@@ -206,7 +222,9 @@ def test_module_list_shape():
     body = module_list(None, {})
     # sd-webui-controlnet's order: "none", ip-adapter-auto (priority 1000), then priority 100 by label
     # descending, then the rest.
-    assert body["module_list"][:5] == ["none", "ip-adapter-auto", "tile_resample", "pidinet", "pidinet_scribble"]
+    assert body["module_list"][:6] == ["none", "ip-adapter-auto", "tile_resample", "pidinet", "oneformer_ade20k",
+                                       "pidinet_scribble"]  # labels softedge_pidinet > seg_ofade20k > scribble_…
+    assert "oneformer_coco" in body["module_list"]
     assert body["module_list"].index("canny") < body["module_list"].index("invert")
     canny = body["module_detail"]["canny"]
     assert canny["model_free"] is False
@@ -224,6 +242,7 @@ def test_module_list_shape():
 def test_module_list_with_alias_names_uses_the_labels():
     body = module_list(None, {"alias_names": "true"})
     assert "depth_midas" in body["module_list"] and "depth" not in body["module_list"]
+    assert {"seg_ofade20k", "seg_ofcoco"} <= set(body["module_list"])
     assert "inpaint_global_harmonious" in body["module_detail"]
     assert body["module_detail"]["mlsd"]["sliders"][1] == {"name": "MLSD Value Threshold", "value": 0.1,
                                                            "min": 0.01, "max": 2.0, "step": 0.01}

@@ -308,6 +308,23 @@ def test_an_annotator_file_two_annotators_share_is_in_both_groups():
         "annotator-openpose/yolox_l.onnx", "annotator-openpose/dw-ll_ucoco_384.onnx"]
 
 
+def test_every_annotator_the_worker_loads_has_its_files_in_a_group():
+    """The worker's "not found" error names `annotator-<name>`: that group must fetch exactly the files it checks."""
+    from engine.control.maps.annotators import ANNOTATORS
+
+    for name, annotator in ANNOTATORS.items():
+        items = dm.select(dm.MANIFEST, f"annotator-{name}")
+        assert {item.dest for item in items} == {f"ControlNetAnnotators/{annotator.folder}/{file}"
+                                                 for file in annotator.files}, name
+
+
+def test_oneformer_folders_come_from_shi_labs_transformers_repositories():
+    items = dm.select(dm.MANIFEST, "annotator-oneformer_ade20k")
+    assert {item.repo_id for item in items} == {"shi-labs/oneformer_ade20k_swin_large"}
+    assert "pytorch_model.bin" in {item.filename for item in items}
+    assert not any(item.filename.endswith("oneformer_ade20k_160k.pth") for item in items)  # the detectron2 copy
+
+
 def test_demo_files_are_never_taken_for_real_ones(tmp_path, capsys):
     """After `demo-models`, a real download replaces the random-weight file of the same name."""
     from engine.demo.models import DEMO_MARKER, write_demo_models
@@ -406,13 +423,16 @@ def reactor_hub(buffalo_members: dict[str, bytes]):
 
 def test_reactor_models_land_where_reactor_looks(tmp_path):
     """`--only reactor`: the swap model loose in insightface/, the buffalo_l zip unpacked (from any folder inside
-    it) into insightface/models/buffalo_l without the archive; a second run fetches nothing."""
+    it) into insightface/models/buffalo_l without the archive, the face mask parser in GFPGAN/ (where A1111's
+    facexlib keeps it); a second run fetches nothing."""
     from engine.resources.catalog import ModelCatalog
 
     members = {f"buffalo_l/{name}": name.encode() for name in dm.BUFFALO_L_FILES}
     hub = reactor_hub(members)
-    assert run(tmp_path, "--only", "reactor", fetch=hub) == 0
-    assert sorted(hub.calls) == ["buffalo_l", "inswapper_128"]
+    manifest = unverified(dm.MANIFEST)
+    assert run(tmp_path, "--only", "reactor", fetch=hub, manifest=manifest) == 0
+    assert sorted(hub.calls) == ["buffalo_l", "facexlib-bisenet", "inswapper_128"]
+    assert (tmp_path / "GFPGAN/parsing_bisenet.pth").is_file()
     folder = tmp_path / "insightface/models/buffalo_l"
     assert sorted(path.name for path in folder.iterdir()) == sorted(dm.BUFFALO_L_FILES)
     assert (folder / "genderage.onnx").read_bytes() == b"genderage.onnx"
@@ -420,7 +440,7 @@ def test_reactor_models_land_where_reactor_looks(tmp_path):
         "Gourieff/ReActor", "models/inswapper_128.onnx")
     names = [entry.name for entry in ModelCatalog(tmp_path).entries("insightface")]
     assert names == ["inswapper_128.onnx", "models/buffalo_l"]
-    assert run(tmp_path, "--only", "reactor", fetch=no_network) == 0
+    assert run(tmp_path, "--only", "reactor", fetch=no_network, manifest=manifest) == 0
 
 
 def test_zip_without_a_member_is_a_clear_error(tmp_path, capsys):

@@ -148,7 +148,7 @@ def _prompt(demo_models, control_models, module: str, model: str, image: np.ndar
     (parsed,) = parse_controlnet_args({"controlnet": {"args": [{"module": module, "model": model,
                                                                  "image": b64(image)}]}})
     path = ModelCatalog(demo_models).find_controlnet(model, "model").entry.path
-    return prepare_image_prompt(parsed, path, control_models, image)
+    return prepare_image_prompt(parsed, path, control_models, [image])
 
 
 @pytest.mark.parametrize(("module", "model", "hidden"), [("ip-adapter_clip_sd15", "ip-adapter_sd15", False),
@@ -225,6 +225,68 @@ def test_images_match_diffusers_load_ip_adapter(demo_models, control_models, fam
     ours_pixels = np.asarray(output.images[0], dtype=np.int16)
     reference_pixels = np.floor(expected * 255).astype(np.int16)
     assert np.abs(ours_pixels - reference_pixels).max() <= 1
+
+
+def other_photo(size: int = 128) -> np.ndarray:
+    """Another face-like block, elsewhere, over a green stripe: different features from `photo`."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[40:60, 48:68] = 255
+    image[:, size // 2:, 1] = 180
+    return image
+
+
+@pytest.mark.parametrize(("family", "module", "model"), [FAMILIES[0], FAMILIES[3]])
+def test_several_images_average_the_projected_tokens(demo_models, control_models, family, module, model):
+    """A unit with two images: the tokens each image projects to (diffusers' projection) are averaged, as
+    sd-webui-controlnet's `ImageEmbed.average_of` does, and diffusers' attention reads that one token set. The
+    reference is diffusers' pipeline fed those averaged tokens through an identity projection."""
+    from engine.demo.tiny import tiny_components
+    from engine.generate import Models, generate
+    from engine.pipeline import A1111Pipeline
+    from engine.settings import Settings
+    from engine.translate import to_plan
+    from engine.wire.txt2img import Txt2ImgRequest
+    from tests.test_pipeline_parity import PIPELINES, REFERENCE_SCHEDULERS
+
+    weight, sampler, steps = 0.9, "DPM++ 2M Karras", 3
+    sent = [{"module": module, "model": model, "weight": weight,
+             "image": [{"image": b64(photo())}, {"image": b64(other_photo()), "mask": None}]}]
+    body = {**payload(sent, steps=steps), "sampler_name": sampler, "cfg_scale": 5}
+    components = tiny_components(family, seed=0)
+    ours = A1111Pipeline(**{k: components.get(k) for k in A1111Pipeline._get_signature_keys(A1111Pipeline)[0]})
+    control = prepare_control(parse_controlnet_args(body["alwayson_scripts"]), ModelCatalog(demo_models),
+                              control_models, (SIZE, SIZE))
+    (prompt,) = control.image_prompts
+    assert prompt.cond.shape[0] == 2
+    output = generate(to_plan(Txt2ImgRequest.parse(body), Settings()), Models(ours, control=control))
+
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    reference = PIPELINES[family](**tiny_components(family, seed=0), **extra)
+    reference.scheduler = REFERENCE_SCHEDULERS[sampler](reference.scheduler.config, SEED)
+    weights = read_ip_adapter(ModelCatalog(demo_models).find_controlnet(model, "model").entry.path)
+    reference.load_ip_adapter(weights, subfolder="", weight_name="", image_encoder_folder=None)
+    reference.set_ip_adapter_scale(weight)
+    layers = reference.unet.encoder_hid_proj.image_projection_layers
+    projection = layers[0]
+    with torch.no_grad():
+        if prompt.clip_cond is not None:
+            projection.clip_embeds = torch.cat([prompt.clip_uncond, prompt.clip_cond])[:, None]
+            projection.shortcut = prompt.adapter.shortcut
+        tokens = projection(torch.cat([prompt.uncond, prompt.cond])).unflatten(0, (2, 2)).mean(dim=1)
+    layers[0] = torch.nn.Identity()
+    expected = reference(prompt=body["prompt"], negative_prompt=body["negative_prompt"], num_inference_steps=steps,
+                         guidance_scale=5.0, height=SIZE, width=SIZE,
+                         latents=torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(SEED)),
+                         ip_adapter_image_embeds=[tokens[:, None]], output_type="np").images[0]
+    ours_pixels = np.asarray(output.images[0], dtype=np.int16)
+    assert np.abs(ours_pixels - np.floor(expected * 255).astype(np.int16)).max() <= 1
+    # Concatenating the two images' tokens (diffusers' own reading of a list) gives another image.
+    single = generate(to_plan(Txt2ImgRequest.parse(payload([{**sent[0], "image": b64(photo())}], steps=steps)
+                                                   | {"sampler_name": sampler, "cfg_scale": 5}), Settings()),
+                      Models(ours, control=prepare_control(
+                          parse_controlnet_args({"controlnet": {"args": [{**sent[0], "image": b64(photo())}]}}),
+                          ModelCatalog(demo_models), control_models, (SIZE, SIZE))))
+    assert np.abs(np.asarray(single.images[0], dtype=np.int16) - ours_pixels).max() > 0
 
 
 # --- what is checked before running --------------------------------------------------------------------------

@@ -142,6 +142,120 @@ def test_upscaling_follows_a_swap_or_force(sd15_engine):
     assert forced.apply(faceless, seed=1)[0].size == (2 * SIZE, 2 * SIZE)
 
 
+def test_blended_face_model_swaps_as_insightface_with_the_mean_embedding(sd15_engine, demo_models):
+    """`POST /reactor/facemodels` (ReActor's `blend_faces`, compute method 0): the face model built from two
+    source images swaps exactly as insightface's own `FaceAnalysis` + `INSwapper` do with a face whose
+    embedding is the mean of the two images' first faces."""
+    from insightface.app import FaceAnalysis
+    from insightface.app.common import Face
+    from insightface.model_zoo import get_model
+
+    sources = [faces_image((FEMALE, LEFT)), faces_image((MALE, RIGHT))]
+    answer = sd15_engine.handle("POST", "reactor/facemodels", {"source_images": [b64(image) for image in sources],
+                                                                "name": "blended", "compute_method": 0})
+    assert "blended" in answer["facemodels"]
+    target = faces_image((FEMALE, LEFT))
+    ours = stage(sd15_engine, None, select_source=1, face_model="blended").apply(target, seed=1)[0]
+
+    def bgr(image):
+        return np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+
+    app = FaceAnalysis(name=str(demo_models / "insightface/models/buffalo_l"), providers=["CPUExecutionProvider"],
+                       allowed_modules=["detection", "recognition", "genderage"])
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    mean = np.mean([app.get(bgr(image))[0].embedding for image in sources], axis=0)
+    swapper = get_model(str(demo_models / "insightface/inswapper_128.onnx"), providers=["CPUExecutionProvider"])
+    expected = swapper.get(bgr(target), app.get(bgr(target))[0], Face(embedding=mean), paste_back=True)
+    assert np.array_equal(np.asarray(ours), expected[:, :, ::-1])
+    single = stage(sd15_engine, sources[0]).apply(target, seed=1)[0]
+    assert changed(single, ours).any()  # the blend is not the first image's face
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"name": "../escape"}, r"^name: must be a face model name"),
+    ({"name": "ok", "compute_method": 3}, r"^compute_method: must be one of 0 \(Mean\)"),
+    ({"name": "ok", "source_images": "SOURCE-LIST-OF-FACELESS"}, r"^source_images: no face found"),
+])
+def test_face_model_build_errors_name_the_body_field(sd15_engine, body, message):
+    body = {"source_images": [b64(SOURCE)], **body}
+    if body["source_images"] == "SOURCE-LIST-OF-FACELESS":
+        body["source_images"] = [b64(Image.new("RGB", (64, 64)))]
+    with pytest.raises(RequestError, match=message):
+        sd15_engine.handle("POST", "reactor/facemodels", body)
+
+
+# --- face mask correction (`mask_face`) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bbox", "size", "region"), [
+    # 31 × 40: the odd width grows to 32, then 4 each side makes it square (40); × 1.6 adds 12 each side.
+    ((100.7, 50.2, 131.9, 90.5), (320, 320), (84, 38, 148, 102)),
+    # Near the corner: the widened square is shifted back inside the image.
+    ((2, 3, 22, 23), (320, 320), (0, 0, 32, 32)),
+    # On a small image the margin shrinks to what fits (min side / box side).
+    ((10, 10, 40, 40), (40, 60), (5, 0, 45, 40)),
+])
+def test_face_mask_region_is_reactors_face_area(bbox, size, region):
+    from engine.faceswap.face_mask import face_region
+
+    assert face_region(bbox, *size) == region
+
+
+def masked_stage(engine, **changes):
+    return stage(engine, mask_face=True, **changes)
+
+
+def test_face_mask_keeps_everything_outside_the_face_region(sd15_engine):
+    """Only the region around the swapped face can change, and there the result is the plain swap blended
+    over the original through the parser's (blurred) mask twice: after the swap (`apply_face_mask`) and after
+    the enhancement (`enhance_image_and_mask`), as ReActor blends it."""
+    from engine.faceswap.face_mask import FaceMask, face_region
+
+    target = faces_image((FEMALE, LEFT))
+    plain, pairs, _ = stage(sd15_engine).apply(target, seed=1)
+    masked_stage_ = masked_stage(sd15_engine)
+    masked, _, _ = masked_stage_.apply(target, seed=1)
+    left, top, right, bottom = face_region(pairs[0].target.bbox, SIZE, SIZE)
+    diff = changed(target, masked)
+    assert diff.any() and diff.sum() == diff[top:bottom, left:right].sum()
+    before = np.ascontiguousarray(np.asarray(target)[:, :, ::-1])
+    mask = FaceMask(masked_stage_.mask_parser, before.shape)
+    mask.paste(before, before, pairs[0].target.bbox)
+    once = Image.composite(plain, target, mask.mask)
+    assert np.array_equal(np.asarray(masked), np.asarray(Image.composite(once, target, mask.mask)))
+    assert changed(masked, plain).any()  # the mask is not all face
+
+
+def test_a_parser_that_sees_no_face_leaves_the_image_as_it_was(sd15_engine):
+    """BiSeNet with a zero output layer labels everything background (class 0): the swap happens and is then
+    masked away entirely."""
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    masked = masked_stage(sd15_engine)
+    blind = copy.deepcopy(masked.mask_parser)
+    torch.nn.init.zeros_(blind.conv_out.conv_out.weight)
+    target = faces_image((FEMALE, LEFT))
+    result, pairs, _ = replace(masked, mask_parser=blind).apply(target, seed=1)
+    assert pairs and not changed(target, result).any()
+
+
+def test_face_mask_needs_bisenet_and_refuses_reactors_failing_order(tmp_path):
+    from engine.faceswap.models import FaceSwapModels
+    from engine.resources.catalog import ModelCatalog
+
+    with pytest.raises(NotFoundError, match=r"args\[21\]: face mask correction needs facexlib's "
+                                            r"parsing_bisenet.pth .*--only reactor"):
+        FaceSwapModels(ModelCatalog(tmp_path), "cpu").mask_parser()
+    with pytest.raises(RequestError, match=r"args\[21\]: .*restore first true or scale 1"):
+        parse_reactor_args({"reactor": {"args": reactor_args(mask_face=True, upscaler="Lanczos", upscaler_scale=2,
+                                                             restore_first=False)}})
+    assert parse_reactor_args({"reactor": {"args": reactor_args(mask_face=True, upscaler="Lanczos",
+                                                                upscaler_scale=2)}}).mask_face
+
+
 def test_unknown_swap_model_lists_the_installed_ones(sd15_engine):
     with pytest.raises(NotFoundError, match=r"args\[4\]: no swap model named 'inswapper_256.onnx'.*"
                                             r"installed: 'inswapper_128.onnx'"):
@@ -214,7 +328,8 @@ def test_reactor_image_endpoint_swaps_with_reactors_body_fields(sd15_engine):
 @pytest.mark.parametrize(("body", "message"), [
     ({"face_index": [0]}, r"^source_image: ReActor needs a source face"),
     ({"source_image": "SOURCE", "model": "nope.onnx"}, r"^model: no swap model named 'nope.onnx'"),
-    ({"source_image": "SOURCE", "mask_face": 1}, r"^mask_face: face mask correction is not supported"),
+    ({"source_image": "SOURCE", "mask_face": 1, "upscaler": "Lanczos", "scale": 2, "restore_first": 0},
+     r"^mask_face: face mask correction with upscaling before restoring"),
     ({"source_image": "SOURCE", "save_to_file": 1}, r"^save_to_file: the worker does not write files"),
 ])
 def test_reactor_image_errors_name_the_body_field(sd15_engine, body, message):

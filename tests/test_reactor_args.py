@@ -18,6 +18,7 @@ def api_example_args(**changes):
             False, False, "CUDA", False, 0, "elena.safetensors", "C:\\PATH_TO_FACES_IMAGES", None, True, True,
             0.6, 2]
     names = [name for name, _ in ARG_DEFAULTS]
+    args += [None] * (len(names) - len(args))  # the 31st, selected_tab, came after that example
     for name, value in changes.items():
         args[names.index(name)] = value
     return {"reactor": {"args": args}}
@@ -72,12 +73,21 @@ def test_face_model_source_needs_a_face_model_name():
 
 
 @pytest.mark.parametrize(("change", "position"), [
-    ({"select_source": 2}, 22), ({"mask_face": True}, 21), ({"save_original": True}, 16),
-    ({"source_images": ["a.png"]}, 25),
+    ({"select_source": 2}, 22), ({"save_original": True}, 16),
+    ({"source_images": ["c291cmNl"], "selected_tab": "tab_multiple"}, 25),
 ])
 def test_unsupported_modes_are_refused_by_position(change, position):
     with pytest.raises(UnsupportedError, match=rf"args\[{position}\]"):
         parse_reactor_args(api_example_args(**change))
+
+
+def test_source_images_count_only_on_reactors_multiple_sources_tab():
+    # The single tab ignores the list (as ReActor's `process` does); a face model ignores both tabs.
+    assert parse_reactor_args(api_example_args(source_images=["c291cmNl"])).source_image == "c291cmNl"
+    assert parse_reactor_args(api_example_args(select_source=1, selected_tab="tab_multiple")) is not None
+    # The multiple tab ignores args[0]: without a list ReActor has no source.
+    with pytest.raises(RequestError, match=r"args\[25\]: .*tab_single"):
+        parse_reactor_args(api_example_args(selected_tab="tab_multiple"))
 
 
 def test_swap_in_source_is_refused_on_img2img_only():

@@ -12,10 +12,13 @@ prompt rows and for the negative rows, as sd-webui-controlnet v1.1.455 computes 
 - InstantID: antelopev2's raw embedding; negative: zeros (its Resampler makes the negative tokens).
 
 The projection itself is diffusers' class inside the UNet (`engine.control.ip_adapter_install`), so these
-inputs go in `added_cond_kwargs["image_embeds"]` at each UNet call.
+inputs go in `added_cond_kwargs["image_embeds"]` at each UNet call. A unit given several images has one input
+row per image; their projected tokens are averaged (sd-webui-controlnet `ImageEmbed.average_of`), where
+diffusers would concatenate them.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,19 +43,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImagePrompt:
-    """One IP-Adapter unit, ready: the adapter and one row of its projection's input for each side of CFG."""
+    """One IP-Adapter unit, ready: the adapter and its projection's input for each side of CFG, one row per
+    input image."""
 
     unit: ControlUnit
     weights: dict  # {"image_proj", "ip_adapter"} on the device
     adapter: AdapterFile
-    cond: torch.Tensor  # (1, *input): CLIP features or a face embedding
+    cond: torch.Tensor  # (images, *input): CLIP features or face embeddings
     uncond: torch.Tensor
-    clip_cond: torch.Tensor | None = None  # FaceID Plus: CLIP hidden states (1, tokens, width)
+    clip_cond: torch.Tensor | None = None  # FaceID Plus: CLIP hidden states (images, tokens, width)
     clip_uncond: torch.Tensor | None = None
 
 
-def prepare_image_prompt(unit: ControlUnit, path: Path, models, image: np.ndarray) -> ImagePrompt:
-    """Load the unit's adapter, check its module fits it, and encode the image (HWC uint8 RGB).
+def prepare_image_prompt(unit: ControlUnit, path: Path, models, images: Sequence[np.ndarray]) -> ImagePrompt:
+    """Load the unit's adapter, check its module fits it, and encode its images (HWC uint8 RGB each).
 
     Raises:
         RequestError: a module that does not fit the model; no face on a FaceID image.
@@ -66,18 +70,23 @@ def prepare_image_prompt(unit: ControlUnit, path: Path, models, image: np.ndarra
     check_module_fits(adapter, module.name, widths, unit.field("model"), unit.model)
     face = None
     if module.face_pack is not None:
-        found = models.face_analyser(module.face_pack).largest_face(image, unit.field("image"))
-        face = torch.from_numpy(found.normed_embedding.astype(np.float32))[None]
+        analyser = models.face_analyser(module.face_pack)
+        fields = [unit.field("image")] if len(images) == 1 else [f"{unit.field('image')}[{number}]"
+                                                                 for number in range(len(images))]
+        found = [analyser.largest_face(image, where) for image, where in zip(images, fields, strict=True)]
+        face = torch.from_numpy(np.stack([item.normed_embedding.astype(np.float32) for item in found]))
     if adapter.family == FACE_ID:
         return ImagePrompt(unit, weights, adapter, face, torch.zeros_like(face))
-    features = encoder.encode(image)
+    features = [encoder.encode(image) for image in images]
     if adapter.family == PLAIN:
-        return ImagePrompt(unit, weights, adapter, features.image_embeds, torch.zeros_like(features.image_embeds))
-    negative = encoder.negative()
+        embeds = torch.cat([item.image_embeds for item in features])
+        return ImagePrompt(unit, weights, adapter, embeds, torch.zeros_like(embeds))
+    hidden = torch.cat([item.penultimate for item in features])
+    negative = encoder.negative().penultimate.expand_as(hidden)
     if adapter.family == FACE_ID_PLUS:
-        return ImagePrompt(unit, weights, adapter, face, torch.zeros_like(face),
-                           clip_cond=features.penultimate, clip_uncond=negative.penultimate)
-    return ImagePrompt(unit, weights, adapter, features.penultimate, negative.penultimate)
+        return ImagePrompt(unit, weights, adapter, face, torch.zeros_like(face), clip_cond=hidden,
+                           clip_uncond=negative)
+    return ImagePrompt(unit, weights, adapter, hidden, negative)
 
 
 def instant_id_prompt(unit: ControlUnit, weights: dict, embedding: torch.Tensor) -> ImagePrompt:

@@ -4,8 +4,11 @@
 each file's projection to diffusers' class (`ImageProjection`, `IPAdapterPlusImageProjection`,
 `IPAdapterFaceIDImageProjection`, `IPAdapterFaceIDPlusImageProjection`…) inside a
 `MultiIPAdapterImageProjection`, and puts `IPAdapterAttnProcessor2_0` on every cross-attention with one
-`to_k_ip` / `to_v_ip` pair and one scale per adapter. On leaving, the UNet gets back its own projection (none),
-its `encoder_hid_dim_type` and the very processor objects it had.
+`to_k_ip` / `to_v_ip` pair and one scale per adapter. That projection is wrapped so that an adapter given
+several images gets the average of their projected tokens, as sd-webui-controlnet combines them
+(`scripts/ipadapter/ipadapter_model.py` `ImageEmbed.average_of`, GPL-3.0); diffusers would concatenate them.
+On leaving, the UNet gets back its own projection (none), its `encoder_hid_dim_type` and the very processor
+objects it had.
 """
 
 import logging
@@ -34,7 +37,7 @@ class InstalledAdapter:
 
     def projection(self, index: int) -> torch.nn.Module:
         """Adapter `index`'s image projection (diffusers' class)."""
-        return self.unet.encoder_hid_proj.image_projection_layers[index]
+        return self.unet.encoder_hid_proj.projections.image_projection_layers[index]
 
     def set_scale(self, scale: float) -> None:
         """One weight for every adapter (0 switches them off)."""
@@ -57,6 +60,18 @@ class InstalledAdapter:
         return FaceTokens(cond=tokens[1:], uncond=tokens[:1])
 
 
+class AveragedImages(torch.nn.Module):
+    """diffusers' `MultiIPAdapterImageProjection`, with each adapter's images averaged after projection:
+    (rows, images, tokens, width) → (rows, 1, tokens, width). One image passes through unchanged."""
+
+    def __init__(self, projections: torch.nn.Module):
+        super().__init__()
+        self.projections = projections
+
+    def forward(self, image_embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [tokens.mean(dim=1, keepdim=True) for tokens in self.projections(image_embeds)]
+
+
 @contextmanager
 def ip_adapter_installed(unet, weights: Weights | Sequence[Weights], scale: float) -> Iterator[InstalledAdapter]:
     """Install one IP-Adapter or several (each {"image_proj", "ip_adapter"} as the single-file format holds
@@ -67,6 +82,7 @@ def ip_adapter_installed(unet, weights: Weights | Sequence[Weights], scale: floa
     hid_dim_type = unet.config.encoder_hid_dim_type
     try:
         unet._load_ip_adapter_weights(state_dicts)
+        unet.encoder_hid_proj = AveragedImages(unet.encoder_hid_proj)
         adapter = InstalledAdapter(unet)
         adapter.set_scale(scale)
         logger.info("%d IP-Adapter(s) installed on %d cross-attention layers", len(state_dicts),

@@ -186,6 +186,10 @@ _ROWS = (
     ModuleSpec("normal_bae", tags=("NormalMap",), priority=100, annotator="normal_bae"),
     ModuleSpec("anime_face_segment", label="seg_anime_face", tags=("Segmentation",),
                annotator="anime_face_segment"),
+    # OneFormer (Swin-L) as SHI-Labs' transformers conversions of the extension's checkpoints.
+    ModuleSpec("oneformer_ade20k", label="seg_ofade20k", tags=("Segmentation",), priority=100,
+               annotator="oneformer_ade20k"),
+    ModuleSpec("oneformer_coco", label="seg_ofcoco", tags=("Segmentation",), annotator="oneformer_coco"),
     ModuleSpec("instant_id_face_keypoints", tags=("Instant-ID",)),
     # IP-Adapter (`preprocessor_compiled.py`, `ip_adapter_auto.py`): no map, the unit conditions the UNet's
     # cross-attention through the adapter (`engine.control.image_prompts`).
@@ -207,9 +211,8 @@ MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in _ROWS}
 # sd-webui-controlnet modules this worker does not run (no maintained library has their models in the
 # extension's format): named in the error so a client knows it is not a typo.
 NOT_SUPPORTED: dict[str, str] = {
-    # OneFormer's detectron2 checkpoints and UniFormer's mmseg one have no maintained loader (README).
-    **dict.fromkeys(("oneformer_ade20k", "seg_ofade20k", "oneformer_coco", "seg_ofcoco", "segmentation",
-                     "seg_ufade20k", "mobile_sam"), "segmentation (OneFormer / UniFormer / MobileSAM)"),
+    # UniFormer's mmseg checkpoint has no maintained loader; MobileSAM is not wired yet (README).
+    **dict.fromkeys(("segmentation", "seg_ufade20k", "mobile_sam"), "segmentation (UniFormer / MobileSAM)"),
     **dict.fromkeys(("densepose", "densepose_parula"), "DensePose"),
     **dict.fromkeys(("lineart_anime_denoise", "depth_hand_refiner", "mediapipe_face", "teed", "softedge_teed",
                      "softedge_anyline", "normal_dsine", "t2ia_style_clipvision", "clip_vision"),

@@ -225,7 +225,8 @@ def prepare_control(units: Sequence[ControlUnit], catalog, models: ControlModels
         entry = _resolve_model(unit, catalog, notes)
         image = hints.unit_input(unit.image, unit.mask)
         if unit.is_image_prompt:
-            prompts.append(prepare_image_prompt(unit, entry.path, models, image))
+            images = [image, *(hints.unit_input(extra, None) for extra in unit.extra_images)]
+            prompts.append(prepare_image_prompt(unit, entry.path, models, images))
             continue
         if unit.module.name == "inpaint_only+lama" and unit.resize_mode == RESIZE_AND_FILL:
             # "inpaint_only+lama is special and required outpaint fix": the input is first fitted to the final

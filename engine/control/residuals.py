@@ -168,7 +168,7 @@ class ImagePromptPass:
     """One IP-Adapter unit in one pass: what its projection reads for the cond rows and for the uncond rows,
     and its weight inside the guidance window (0 outside it, or when the unit sits this pass out)."""
 
-    cond: torch.Tensor  # (1, *input)
+    cond: torch.Tensor  # (images, *input)
     uncond: torch.Tensor
     weight: float
     start: float
@@ -182,13 +182,14 @@ class ImagePromptPass:
         return self.weight if self.runs and self.start <= fraction <= self.end else 0.0
 
     def image_embeds(self, rows: RowLayout, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """diffusers' per-adapter `image_embeds`: (rows, 1 image, *input)."""
-        return _per_row(self.cond, self.uncond, rows, device, dtype)[:, None]
+        """diffusers' per-adapter `image_embeds`: (rows, images, *input)."""
+        return _per_row(self.cond, self.uncond, rows, device, dtype)
 
 
 def _per_row(cond: torch.Tensor, uncond: torch.Tensor, rows: RowLayout, device, dtype) -> torch.Tensor:
+    """(rows, images, …): each row's inputs, one per image of the unit."""
     cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
-    return torch.cat([cond if is_cond else uncond for is_cond in rows.cond])
+    return torch.stack([cond if is_cond else uncond for is_cond in rows.cond])
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class IpAdapterPass:
         for index, prompt in enumerate(self.prompts):
             if prompt.clip_cond is not None:
                 projection = self.adapter.projection(index)
-                projection.clip_embeds = _per_row(prompt.clip_cond, prompt.clip_uncond, rows, device, dtype)[:, None]
+                projection.clip_embeds = _per_row(prompt.clip_cond, prompt.clip_uncond, rows, device, dtype)
                 projection.shortcut = prompt.shortcut
         return [prompt.image_embeds(rows, device, dtype) for prompt in self.prompts]
 

@@ -1,6 +1,5 @@
 """The `alwayson_scripts.controlnet` arguments: unit dicts as sd-webui-controlnet and Forge accept them. No torch."""
 
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -9,7 +8,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.control.inputs import crop_to_mask_region, decode_unit_images, processed_mask, to_rgb
+from engine.control.inputs import decode_unit_images
 from engine.control.ip_adapters import AUTO_MODULE, auto_module
 from engine.control.modules import FACE_EMBEDDING, IMAGE_PROMPT, MODULES, UNION_TYPES, ModuleSpec, find_module
 from engine.errors import RequestError, UnsupportedError, choices
@@ -21,6 +20,7 @@ from engine.wire.validation import parse_model
 logger = logging.getLogger(__name__)
 
 SCRIPT_KEY = "controlnet"  # A1111 matches `alwayson_scripts` keys to script titles case-insensitively
+MERGE_MODE = "merge"  # sd-webui-controlnet's `InputMode.MERGE`: a unit's several images split into units
 NO_MODEL = "none"
 
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just Resize", "Crop and Resize", "Resize and Fill"
@@ -121,6 +121,8 @@ class ControlUnit:
     module_name: str = ""  # the module as the client spelled it (the infotext repeats it)
     union_type: str | None = None  # a union ControlNet's control type (None: from the module's tags)
     crop_to_mask: bool = True  # `inpaint_crop_input_image`: cut to the img2img "only masked" region
+    # An IP-Adapter unit's further input images (RGB): sd-webui-controlnet averages the projected tokens.
+    extra_images: tuple[Image.Image, ...] = ()
 
     where: str = ""  # the request field the unit came from when not a controlnet arg (ADetailer's)
 
@@ -196,7 +198,7 @@ def parse_controlnet_args(alwayson_scripts: Mapping[str, Any] | None, img2img: b
             raise RequestError(field, f"must be a unit object, got {entry!r:.60}")
         raw = parse_model(UnitArgs, _with_current_keys(entry, field), field)
         if _is_active(raw):
-            units.append(_resolve(raw, index, field, img2img, limits))
+            units += resolve_unit(raw, index, field, img2img, limits)
     _check_instant_id(units)
     return tuple(units)
 
@@ -227,7 +229,9 @@ def _no_model(model: str | None) -> bool:
     return model is None or model.strip().lower() in (NO_MODEL, "")
 
 
-def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: ImageLimits = DEFAULT_LIMITS) -> ControlUnit:
+def resolve_unit(raw: UnitArgs, index: int, field: str, img2img: bool,
+             limits: ImageLimits = DEFAULT_LIMITS) -> tuple[ControlUnit, ...]:
+    """The unit ready to run; a ControlNet unit with several images in input_mode "merge" gives one per image."""
     module = find_module(raw.module, f"{field}.module")
     for key in ("advanced_weighting", "effective_region_mask", "ipadapter_input"):
         if getattr(raw, key) not in (None, "", []):
@@ -242,36 +246,58 @@ def _resolve(raw: UnitArgs, index: int, field: str, img2img: bool, limits: Image
     inputs = decode_unit_images(raw.image, raw.mask, f"{field}.image", limits)
     if not inputs and not img2img:
         raise RequestError(f"{field}.image", "is required: txt2img has no init image to fall back on")
-    if len(inputs) > 1:
-        raise UnsupportedError(f"{field}.image", "one image per unit (several images for one IP-Adapter, which "
-                                                 "sd-webui-controlnet averages, are not supported)")
-    image, mask = inputs[0] if inputs else (None, None)
-    if mask is not None and module.output == IMAGE_PROMPT:
-        _check_clip_mask(mask, f"{field}.mask")
-    elif mask is not None and not module.is_inpaint:
-        _check_scribble_mask(mask, module, f"{field}.mask")
+    merged = str(raw.input_mode).strip().lower() == MERGE_MODE
+    if len(inputs) > 1 and module.output != IMAGE_PROMPT and not merged:
+        # sd-webui-controlnet takes a list only for IP-Adapters (`accepts_multiple_inputs`); other units
+        # fail its assertion unless `input_mode` "merge" splits them into one unit per image.
+        raise UnsupportedError(f"{field}.image", "several images are taken by IP-Adapter units only, or with "
+                                                 "input_mode \"merge\"; send one image per ControlNet unit")
+    if module.output == IMAGE_PROMPT:
+        for number, (_, clip_mask) in enumerate(inputs):
+            if clip_mask is not None:
+                _check_clip_mask(clip_mask, f"{field}.mask" if len(inputs) == 1 else f"{field}.image[{number}].mask")
+    elif len(inputs) > 1:
+        # sd-webui-controlnet `unfold_merged`: one unit per image, each at weight / images.
+        unit = _resolved(raw, index, field, module, (None, None))
+        return tuple(replace(unit, weight=raw.weight / len(inputs),
+                             **_image_and_mask(picture, mask, module, f"{field}.image[{number}].mask"))
+                     for number, (picture, mask) in enumerate(inputs))
+    first = inputs[0] if inputs else (None, None)
+    return (_resolved(raw, index, field, module, first, tuple(picture for picture, _ in inputs[1:])),)
+
+
+def _image_and_mask(image: Image.Image | None, mask: Image.Image | None, module: ModuleSpec, where: str) -> dict:
+    """A unit's image and the mask it keeps (inpaint modules only), the mask checked as sd-webui-controlnet
+    reads it."""
+    if mask is not None and module.output != IMAGE_PROMPT and not module.is_inpaint:
+        _check_scribble_mask(mask, module, where)
     if image is not None and module.is_inpaint and mask is None:
         mask = Image.new("L", image.size, 0)  # `combine_image_and_mask`: no mask = nothing masked
+    return {"image": image, "mask": mask if module.is_inpaint else None}
+
+
+def _resolved(raw: UnitArgs, index: int, field: str, module: ModuleSpec, first: tuple,
+              extra_images: tuple[Image.Image, ...] = ()) -> ControlUnit:
     return ControlUnit(
         index=index,
         module=module,
         model=str(raw.model).strip(),
         weight=raw.weight,
-        image=image,
-        mask=mask if module.is_inpaint else None,
-        resize_mode=_named(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
+        **_image_and_mask(*first, module, f"{field}.mask"),
+        resize_mode=named_choice(RESIZE_MODES, raw.resize_mode, f"{field}.resize_mode"),
         processor_res=_whole(module.resolution.pick(raw.processor_res)),
         threshold_a=module.threshold_a.pick(raw.threshold_a),
         threshold_b=module.threshold_b.pick(raw.threshold_b),
         guidance_start=raw.guidance_start,
         guidance_end=raw.guidance_end,
         pixel_perfect=raw.pixel_perfect,
-        control_mode=_named(CONTROL_MODES, raw.control_mode, f"{field}.control_mode"),
-        hr_option=_named(HR_OPTIONS, raw.hr_option, f"{field}.hr_option"),
+        control_mode=named_choice(CONTROL_MODES, raw.control_mode, f"{field}.control_mode"),
+        hr_option=named_choice(HR_OPTIONS, raw.hr_option, f"{field}.hr_option"),
         save_detected_map=raw.save_detected_map,
         module_name=str(raw.module).strip(),
         union_type=_union_type(raw.union_control_type, module, f"{field}.union_control_type"),
         crop_to_mask=raw.inpaint_crop_input_image is not False,
+        extra_images=extra_images,
     )
 
 
@@ -311,84 +337,12 @@ def _check_clip_mask(mask: Image.Image, field: str) -> None:
                                   "cut to what the adapter should see")
 
 
-def _named(table: Mapping[Any, str], value: str | int, field: str) -> str:
+def named_choice(table: Mapping[Any, str], value: str | int, field: str) -> str:
     key = value.strip().lower() if isinstance(value, str) else value
     if key not in table:
         names = sorted({name for name in table.values()})
         raise RequestError(field, f"unknown value {value!r}; valid: {choices(names)} or their numbers")
     return table[key]
-
-
-def with_init_image(units: Sequence[ControlUnit], init, width: int,
-                    height: int) -> tuple[tuple[ControlUnit, ...], list[str]]:
-    """img2img (`init`: the plan's `InitPlan`, the pass `width` × `height`): units without an image take the
-    first init image in the img2img resize mode, inpaint units the mask (inverted and blurred as A1111 does:
-    sd-webui-controlnet `choose_input_image` / `prepare_mask`); under "only masked" inpainting every input is
-    cut to the masked region as the pass is (`try_crop_image_with_a1111_mask`, `inpaint_crop_input_image`); and
-    with an img2img mask `inpaint_only` runs as `inpaint`. Returns the units and notes for `warnings`."""
-    mask = None if init.mask is None else processed_mask(init.mask, init.mask_round, init.invert_mask, init.mask_blur)
-    done, notes = [], []
-    for unit in units:
-        if unit.image is None:
-            source = init.images[0]
-            fallback = mask if mask is not None else Image.new("L", source.size, 0)
-            unit = replace(unit, image=to_rgb(source), resize_mode=_named(RESIZE_MODES, min(init.resize_mode, 2), ""),
-                           mask=fallback if unit.module.is_inpaint else None)
-        if mask is not None and init.only_masked and unit.crop_to_mask:
-            unit = _cropped_to_mask(unit, mask, init.padding, width, height)
-        if unit.module.name == "inpaint_only" and mask is not None:
-            notes.append(f"{unit.field('module')}: inpaint_only with an img2img mask runs as "
-                         "inpaint_global_harmonious, as sd-webui-controlnet does")
-            unit = replace(unit, module=MODULES["inpaint"])
-        done.append(unit)
-    return tuple(done), notes
-
-
-def _cropped_to_mask(unit: ControlUnit, mask: Image.Image, padding: int, width: int, height: int) -> ControlUnit:
-    mode = {JUST_RESIZE: 0, CROP_AND_RESIZE: 1, RESIZE_AND_FILL: 2}[unit.resize_mode]
-    cut = functools.partial(crop_to_mask_region, mode=mode, mask=mask, padding=padding, width=width, height=height)
-    return replace(unit, image=cut(unit.image), mask=cut(unit.mask) if unit.mask is not None else None)
-
-
-# ADetailer `controlnet_ext/common.py` `cn_model_module`: the module a model name implies when none is given.
-ADETAILER_MODULE_OF_MODEL = {"inpaint": "inpaint_global_harmonious", "scribble": "t2ia_sketch_pidi",
-                             "lineart": "lineart_coarse", "openpose": "openpose_full", "tile": "tile_resample",
-                             "depth": "depth_midas"}
-
-
-PASSTHROUGH = "Passthrough"
-
-
-def detailer_controlnets(args, model_field: str, request_units: Sequence[ControlUnit]) -> tuple[ControlUnit, ...]:
-    """ADetailer's `ad_controlnet_*`: the units ADetailer's inner img2img runs (none for "None").
-
-    A model name gives the one unit ADetailer hands sd-webui-controlnet (`update_scripts_args`): Balanced, pixel
-    perfect, no image (the inpaint pass's image and mask are used). "Passthrough" keeps the request's own units
-    (`request_units`, before img2img filled in their images) in the inner pass, as ADetailer leaves the script's
-    args untouched (ADetailer `scripts/!adetailer.py` `get_i2i_p`, AGPL-3.0): a unit without an image of its own
-    then takes the inner pass's image and mask, and every unit is cut to the "only masked" region like the pass.
-    """
-    model = args.ad_controlnet_model
-    if model in ("None", "", None):
-        return ()
-    if model == PASSTHROUGH:
-        embedding = next((unit for unit in request_units if unit.is_face_embedding or unit.is_image_prompt), None)
-        if embedding is not None:
-            raise UnsupportedError(model_field, f"\"Passthrough\" with an IP-Adapter unit "
-                                                f"({embedding.field('module')}) is not supported in ADetailer's pass")
-        return tuple(request_units)
-    module = args.ad_controlnet_module
-    if module in ("None", "", None):
-        module = next((name for key, name in ADETAILER_MODULE_OF_MODEL.items() if key in model), "none")
-    where = model_field.removesuffix("_model")
-    raw = parse_model(UnitArgs, {"module": module, "model": model, "weight": args.ad_controlnet_weight,
-                                 "guidance_start": args.ad_controlnet_guidance_start,
-                                 "guidance_end": args.ad_controlnet_guidance_end, "pixel_perfect": True},
-                      where)
-    unit = replace(_resolve(raw, 0, where, img2img=True), where=where)
-    if unit.is_face_embedding or unit.is_image_prompt:
-        raise UnsupportedError(f"{where}_module", "a face-embedding (IP-Adapter) module cannot run in ADetailer")
-    return (unit,)
 
 
 def _check_instant_id(units: list[ControlUnit]) -> None:

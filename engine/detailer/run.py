@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from engine.control.units import with_init_image
+from engine.control.img2img_units import with_init_image
 from engine.detailer.masks import prepare_masks
 from engine.detailer.prompts import inpaint_steps, mask_prompts
 from engine.imaging.inpaint import latent_mask, prepare_inpaint

@@ -85,6 +85,7 @@ class ReactorArgs:
     face_model: str | None  # a file of models/reactor/faces, when `select_source` is 1
     det_thresh: float
     det_maxnum: int
+    mask_face: bool = False  # paste each face back through a face parser's mask
 
     @property
     def enhances(self) -> bool:
@@ -96,8 +97,8 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
 
     Raises:
         RequestError: a malformed arg, naming its position and what it accepts.
-        UnsupportedError: a ReActor mode this worker does not run (folder or multiple sources, face mask
-            correction, swapping into img2img's source image, keeping the originals).
+        UnsupportedError: a ReActor mode this worker does not run (folder or multiple sources, swapping into
+            img2img's source image, keeping the originals).
     """
     values = _script_args(alwayson_scripts)
     if values is None:
@@ -123,6 +124,15 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
     device = _text(arg("device"), "device")
     if device not in DEVICES:
         raise RequestError(field("device"), f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    mask_face = _flag(arg("mask_face"), "mask_face")
+    upscaler_scale = _number(arg("upscaler_scale"), "upscaler_scale", 1.0, 8.0)
+    restore_first = _flag(arg("restore_first"), "restore_first")
+    if mask_face and upscaler not in ("", "None") and upscaler_scale != 1 and not restore_first:
+        # ReActor's `enhance_image_and_mask` then blends the upscaled image with the original at its old size,
+        # which PIL refuses: the swap fails and the image comes back unswapped.
+        raise RequestError(field("mask_face"), "face mask correction with upscaling before restoring (restore "
+                                               "first false, scale above 1) fails in ReActor; send restore "
+                                               "first true or scale 1")
     return ReactorArgs(
         source_image=source_image if select_source == 0 else None,
         source_faces_index=_indices(arg("source_faces_index"), "source_faces_index"),
@@ -131,9 +141,9 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
         face_restorer=None if restorer in ("", "None") else restorer,
         restorer_visibility=_fraction(arg("restorer_visibility"), "restorer_visibility"),
         codeformer_weight=_fraction(arg("codeformer_weight"), "codeformer_weight"),
-        restore_first=_flag(arg("restore_first"), "restore_first"),
+        restore_first=restore_first,
         upscaler=None if upscaler in ("", "None") else upscaler,
-        upscaler_scale=_number(arg("upscaler_scale"), "upscaler_scale", 1.0, 8.0),
+        upscaler_scale=upscaler_scale,
         upscaler_visibility=_fraction(arg("upscaler_visibility"), "upscaler_visibility"),
         upscale_force=_flag(arg("upscale_force"), "upscale_force"),
         gender_source=_integer(arg("gender_source"), "gender_source", GENDERS),
@@ -142,6 +152,7 @@ def parse_reactor_args(alwayson_scripts: Mapping[str, Any] | None, img2img: bool
         face_model=face_model if select_source == 1 else None,
         det_thresh=_number(arg("det_thresh"), "det_thresh", 0.1, 1.0),
         det_maxnum=int(_number(arg("det_maxnum"), "det_maxnum", 0, 20)),
+        mask_face=mask_face,
     )
 
 
@@ -169,21 +180,41 @@ def _reader(values: list[Any]):
 
 
 def _refuse_unsupported(arg, img2img: bool) -> None:
-    """ReActor modes that would change what the response holds or need files on the worker's disk."""
-    if _integer(arg("select_source"), "select_source", SOURCE_KINDS) == 2:
-        raise UnsupportedError(field("select_source"), "a source folder on the server (2) is not supported; "
-                                                      "send the source image (0) or a face model (1)")
-    if arg("selected_tab") != "tab_single" or arg("source_images") not in (None, [], ""):
-        raise UnsupportedError(field("source_images"), "multiple source images are not supported; send one "
-                                                       "source image in args[0]")
-    if _flag(arg("mask_face"), "mask_face"):
-        raise UnsupportedError(field("mask_face"), "face mask correction is not supported yet; send false")
+    """ReActor modes that would change what the response holds or read files named by the client."""
+    select_source = _integer(arg("select_source"), "select_source", SOURCE_KINDS)
+    if select_source == 2:
+        # ReActor reads every image of a folder path the client names, anywhere on the server's disk: a
+        # request must not choose files outside the models folder.
+        raise UnsupportedError(field("select_source"), "a source folder on the server (2) is not supported (it "
+                                                      "reads any server path the request names); send the "
+                                                      "source image (0) or a face model (1)")
+    if select_source == 0 and arg("selected_tab") != "tab_single":
+        _refuse_multiple_sources(arg("source_images"))
     if _flag(arg("save_original"), "save_original"):
+        # ReActor then returns the originals, the swapped copies after them and a grid in front: a response
+        # of another shape than the request's batch.
         raise UnsupportedError(field("save_original"), "returning the originals beside the swapped images is "
                                                        "not supported; send false")
     if img2img and _flag(arg("swap_in_source"), "swap_in_source"):
         raise UnsupportedError(field("swap_in_source"), "swapping into img2img's source image is not supported "
                                                         "yet; send false (the swap runs on the generated image)")
+
+
+def _refuse_multiple_sources(images: Any) -> None:
+    """ReActor's "multiple source images" tab (any `selected_tab` but "tab_single"; on the single tab the list is
+    ignored, and on this tab args[0] is). ReActor does not blend them: each source image's face is swapped into
+    its own copy of the result, and those copies replace the generated images. Through A1111's API the list
+    never gets that far: ReActor opens each entry as an uploaded file (`get_images_from_list` reads `x.name`),
+    so base64 strings fail there and the images come back unswapped."""
+    if images in (None, [], ""):
+        raise RequestError(field("source_images"), "ReActor's multiple-sources tab (selected_tab not "
+                                                   "\"tab_single\") needs source images and ignores args[0]; "
+                                                   "send selected_tab \"tab_single\" with the source in args[0]")
+    raise UnsupportedError(field("source_images"), "multiple source images are not supported (ReActor swaps "
+                                                   "each into its own extra image and cannot read a base64 list "
+                                                   "through A1111's API); send selected_tab \"tab_single\" with "
+                                                   "one source in args[0], or a blended face model (select_source "
+                                                   "1)")
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -5,6 +5,9 @@ inswapper_128-shaped swap model, built with `onnx.helper`. Random weights: the s
 The gender/age model answers from the mean colour of its 96 × 96 crop: female when red outweighs green,
 male otherwise; age 30. So tests choose a face's gender by its tint (the detector, see `tiny_faces`, needs a
 bright cell: e.g. (255, 240, 240) is a female face, (240, 255, 240) a male one).
+
+Face mask correction's parser, `GFPGAN/parsing_bisenet.pth`, is facexlib's BiSeNet at its only size (the class
+fixes its widths: 13 M parameters, stored in fp16) with random weights, so its mask is arbitrary.
 """
 
 from pathlib import Path
@@ -21,9 +24,17 @@ SWAP_SIZE, EMBEDDING_SIZE, ATTRIBUTE_SIZE = 128, 512, 96
 ONNX_OPSET, ONNX_IR_VERSION = 13, 8
 
 
+MASK_PARSER_FILE = Path("GFPGAN") / "parsing_bisenet.pth"
+
+
 def write_tiny_reactor_models(models_dir: Path, seed: int = 0) -> list[Path]:
-    """buffalo_l's detector, recogniser and gender/age model, and inswapper_128.onnx, in ReActor's layout."""
+    """buffalo_l's detector, recogniser and gender/age model, inswapper_128.onnx and the face mask parser, in
+    ReActor's layout."""
     import onnx
+    import torch
+    from facexlib.parsing.bisenet import BiSeNet
+
+    from engine.demo.files import torch_save_atomically
 
     models_dir = Path(models_dir)
     written = write_tiny_antelopev2(models_dir, seed, folder=PACK_FOLDER, file_names=BUFFALO_FILES[:2])
@@ -33,6 +44,10 @@ def write_tiny_reactor_models(models_dir: Path, seed: int = 0) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, path)
         written.append(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parser = BiSeNet(num_class=19).half()
+    written.append(torch_save_atomically(parser.state_dict(), models_dir / MASK_PARSER_FILE))
     return written
 
 

@@ -10,9 +10,15 @@ import torch
 from engine.errors import NotFoundError, choices
 from engine.faceswap.analysis import BuffaloAnalyser, find_buffalo_l
 from engine.faceswap.args import ReactorArgs, field
+from engine.faceswap.face_mask import MASK_MODEL_FILE, load_mask_parser
 from engine.faceswap.swapper import FACE_MODELS_FOLDER, FaceSwapper
 from engine.resources.cache import ResidentCache
-from engine.resources.catalog import ModelCatalog, natural_key
+from engine.resources.catalog import ModelCatalog
+from engine.resources.model_files import load_listed
+from engine.resources.name_matching import natural_key
+
+
+MASK_MODEL_KIND = "gfpgan"  # A1111's `patch_facexlib` saves facexlib's downloads in models/GFPGAN
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class FaceSwapModels:
         )
         self._analysers: ResidentCache[tuple[Path, str], BuffaloAnalyser] = ResidentCache(
             lambda key: BuffaloAnalyser(*key), 1
+        )
+        # A damaged file is one clear error naming it.
+        self._mask_parsers: ResidentCache[Path, torch.nn.Module] = ResidentCache(
+            lambda path: load_listed(self.catalog, path, field("mask_face"),
+                                     lambda: load_mask_parser(path, self.device)), 1
         )
 
     def swap_models(self) -> dict[str, Path]:
@@ -87,6 +98,35 @@ class FaceSwapModels:
 
     def analyser(self, files: FaceSwapFiles) -> BuffaloAnalyser:
         return self._analysers.get((files.pack, files.device_type))
+
+    def cpu_analyser(self) -> BuffaloAnalyser:
+        """The buffalo_l analyser on the CPU (ReActor's default device), for work without a swap (face models).
+
+        Raises:
+            NotFoundError: no buffalo_l pack.
+        """
+        return self._analysers.get((find_buffalo_l(self.catalog.root), "cpu"))
+
+    def mask_parser(self) -> torch.nn.Module:
+        """Face mask correction's BiSeNet (`models/GFPGAN/parsing_bisenet.pth`, where A1111 keeps facexlib's
+        downloads), loaded once.
+
+        Raises:
+            NotFoundError: the file is missing, naming the `mask_face` arg.
+        """
+        path = self._mask_parser_file()
+        if path is None:
+            self.catalog.refresh(MASK_MODEL_KIND)
+            path = self._mask_parser_file()
+        if path is None:
+            raise NotFoundError(field("mask_face"), f"face mask correction needs facexlib's {MASK_MODEL_FILE} in "
+                                                    f"{self.catalog.root / 'GFPGAN'}; run download_models.py "
+                                                    "--only reactor")
+        return self._mask_parsers.get(path)
+
+    def _mask_parser_file(self) -> Path | None:
+        found = [entry.path for entry in self.catalog.entries(MASK_MODEL_KIND) if entry.path.name == MASK_MODEL_FILE]
+        return found[0] if found else None
 
     def _rescanned(self) -> dict[str, Path]:
         self.catalog.refresh("insightface")

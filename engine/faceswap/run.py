@@ -29,6 +29,7 @@ class FaceSwapStage:
         sources: the source face per source index (None: it failed the source gender filter).
         restorer: an `engine.restore.registry.FaceRestorer`, or None.
         upscaler: an `engine.upscale.pixel.PixelUpscaler`, or None.
+        mask_parser: face mask correction's BiSeNet, when `args.mask_face`.
     """
 
     args: ReactorArgs
@@ -37,22 +38,38 @@ class FaceSwapStage:
     sources: tuple
     restorer: Any = None
     upscaler: Any = None
+    mask_parser: Any = None
 
     def apply(self, image: Image.Image, seed: int) -> tuple[Image.Image, list[FacePair], list[str]]:
         """One image with its faces swapped and enhanced. Returns (image, the swaps made, notes)."""
+        from engine.faceswap.face_mask import FaceMask
+
         args = self.args
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        original = image.convert("RGB")
+        bgr = np.ascontiguousarray(np.asarray(original)[:, :, ::-1])
         faces = self.analyser.faces(bgr, args.det_thresh, args.det_maxnum)
         pairs, notes = pair_faces(self.sources, faces, args.faces_index, args.gender_target)
+        face_mask = FaceMask(self.mask_parser, bgr.shape) if args.mask_face else None
         result = image
         if pairs:
-            result = Image.fromarray(np.ascontiguousarray(self.swapper.swap(bgr, pairs)[:, :, ::-1]))
+            result = Image.fromarray(np.ascontiguousarray(self.swapper.swap(bgr, pairs, face_mask)[:, :, ::-1]))
         # ReActor enhances only a swapped image, unless told to upscale anyway (`upscale_force`).
-        if pairs or args.upscale_force:
+        if face_mask is not None and (pairs or args.upscale_force):
+            result = self._enhance_through_mask(result, original, face_mask.mask, seed)
+        elif pairs or args.upscale_force:
             steps = (self._restore, self._upscale) if args.restore_first else (self._upscale, self._restore)
             for step in steps:
                 result = step(result, seed)
         return result, pairs, notes
+
+    def _enhance_through_mask(self, image: Image.Image, original: Image.Image, mask: Image.Image,
+                              seed: int) -> Image.Image:
+        """ReActor `enhance_image_and_mask`: the image goes back over the original through the faces' masks
+        after restoring (restore first), or after upscaling and before restoring (then only at scale 1, which
+        `parse_reactor_args` checks: ReActor fails on a larger image)."""
+        if self.args.restore_first:
+            return self._upscale(Image.composite(self._restore(image, seed), original, mask), seed)
+        return self._restore(Image.composite(self._upscale(image, seed), original, mask), seed)
 
     def _restore(self, image: Image.Image, seed: int) -> Image.Image:
         """ReActor `restore_face`: the whole image restored, then blended with it by the visibility."""
@@ -99,7 +116,8 @@ def prepare_stage(args: ReactorArgs, engine) -> FaceSwapStage:
         faces = analyser.faces(bgr, args.det_thresh, args.det_maxnum)
         sources = tuple(source_faces_for(faces, args.source_faces_index, args.gender_source,
                                          field("source_faces_index"), field("source_image")))
-    return FaceSwapStage(args, analyser, swapper, sources, restorer, upscaler)
+    mask_parser = engine.face_swap.mask_parser() if args.mask_face else None
+    return FaceSwapStage(args, analyser, swapper, sources, restorer, upscaler, mask_parser)
 
 
 def swap_faces(stage: FaceSwapStage | None, images: list[Image.Image], seeds, first_index: int, output):

@@ -37,11 +37,13 @@ class FaceSwapper:
         self._model = model
         logger.info("face swap model: %s with %s", self.path.name, providers[0])
 
-    def swap(self, bgr: np.ndarray, pairs) -> np.ndarray:
+    def swap(self, bgr: np.ndarray, pairs, face_mask=None) -> np.ndarray:
         """`bgr` with each pair's source identity put on its target face, pasted back with insightface's
-        blended mask; later pairs see the earlier swaps, as in ReActor."""
+        blended mask (and, given a `engine.faceswap.face_mask.FaceMask`, through it too); later pairs see the
+        earlier swaps, as in ReActor."""
         for pair in pairs:
-            bgr = self._model.get(bgr, pair.target, pair.source, paste_back=True)
+            swapped = self._model.get(bgr, pair.target, pair.source, paste_back=True)
+            bgr = swapped if face_mask is None else face_mask.paste(swapped, bgr, pair.target.bbox)
         return bgr
 
 

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from engine.errors import ModelFileError, NotFoundError
 from engine.networks import LoraRequest
-from engine.resources.catalog import LoraEntry, ModelCatalog
+from engine.resources.catalog import ModelCatalog
+from engine.resources.entries import LoraEntry
 from engine.resources.model_files import load_listed
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from engine.resources.catalog import ModelCatalog, ModelFile
+from engine.resources.catalog import ModelCatalog
+from engine.resources.entries import ModelFile
 from engine.resources.model_files import damage, relative_name
 
 

@@ -2,17 +2,32 @@
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn
 
 from engine.errors import NotFoundError, choices
-from engine.resources.hashing import HashCache, read_safetensors_metadata
+from engine.resources.entries import (
+    CheckpointEntry,
+    ControlNetEntry,
+    ControlNetMatch,
+    LoraEntry,
+    ModelFile,
+    VaeEntry,
+    first,
+    strip_extension,
+)
+from engine.resources.hashing import HashCache
+from engine.resources.name_matching import (
+    match_checkpoint,
+    match_controlnet,
+    natural_key,
+    normalise_name,
+    with_alias,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -75,188 +90,7 @@ KIND_NOUNS = {"checkpoints": "checkpoint", "vae": "VAE", "lora": "LoRA", "embedd
 # How `describe()` shows each kind: A1111's titles where it has them.
 DISPLAY_NAME: dict[str, Callable[[Any], str]] = {"checkpoints": attrgetter("title"),
                                                  "controlnet": attrgetter("title")}
-_BRACKETED_HASH = re.compile(r"^(?P<base>.*?)\s*\[(?P<hash>[0-9a-fA-F]{8,64})\]\s*$")
-_HASH_ID = re.compile(r"[0-9a-fA-F]{8}|[0-9a-fA-F]{10}|[0-9a-fA-F]{64}")
 
-
-def strip_extension(name: str) -> str:
-    return os.path.splitext(name)[0]
-
-
-@dataclass(frozen=True)
-class CheckpointEntry:
-    """A checkpoint file or diffusers folder, with A1111's ids (`sd_models.CheckpointInfo`)."""
-
-    path: Path
-    name: str  # relative path with extension, "sub/foo.safetensors" (a diffusers folder: "sub/foo")
-    name_for_extra: str  # file stem, "foo"
-    model_name: str  # name without extension, "/" -> "_": "sub_foo"
-    is_folder: bool
-    config: Path | None  # "<stem>.yaml" beside the file, A1111's per-checkpoint LDM config
-    hashes: HashCache = field(repr=False, compare=False)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return (self.name, strip_extension(self.name), self.name_for_extra, self.model_name)
-
-    @property
-    def hash(self) -> str | None:
-        """Legacy 8-hex hash; None for a diffusers folder, which is not one file."""
-        return None if self.is_folder else self.hashes.get(self.path, "model_hash")
-
-    @property
-    def sha256(self) -> str | None:
-        """Full sha256, computed on first use and cached beside the models; None for a folder."""
-        return None if self.is_folder else self.hashes.get(self.path, "sha256")
-
-    @property
-    def shorthash(self) -> str | None:
-        return self.sha256 and self.sha256[:10]
-
-    @property
-    def title(self) -> str:
-        """A1111's title: "name [shorthash]" once the sha256 is known, else the bare name."""
-        known = None if self.is_folder else self.hashes.peek(self.path, "sha256")
-        return f"{self.name} [{known[:10]}]" if known else self.name
-
-    @property
-    def short_title(self) -> str:
-        """A1111's `short_title` (infotext `Refiner`, `Hires checkpoint`): "stem [shorthash]", or the stem."""
-        return f"{self.name_for_extra} [{self.shorthash}]" if self.shorthash else self.name_for_extra
-
-    def matches_hash(self, wanted: str, compute: bool = True) -> bool:
-        """Whether `wanted` is this file's old 8-hex hash, 10-hex shorthash or full sha256."""
-        wanted = wanted.lower()
-        if self.is_folder:
-            return False
-        if len(wanted) == 8:
-            return self.hash == wanted
-        sha256 = self.sha256 if compute else self.hashes.peek(self.path, "sha256")
-        return sha256 is not None and wanted in (sha256, sha256[:10])
-
-
-@dataclass(frozen=True)
-class VaeEntry:
-    """A VAE file (or diffusers VAE folder); A1111 names it by its file name with extension."""
-
-    path: Path
-    name: str  # "sdxl_vae.safetensors"
-    relative: str  # path under its folder, "sub/sdxl_vae.safetensors"
-    is_folder: bool
-    hashes: HashCache = field(repr=False, compare=False)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return (self.name, self.relative, strip_extension(self.name))
-
-    @property
-    def shorthash(self) -> str | None:
-        """sha256[:10], A1111's infotext "VAE hash"; None for a folder."""
-        return None if self.is_folder else self.hashes.get(self.path, "sha256")[:10]
-
-
-@dataclass(frozen=True)
-class LoraEntry:
-    """A LoRA (or LyCORIS) file; A1111 names it by its stem or the `ss_output_name` it was trained as."""
-
-    path: Path
-    name: str  # stem, what `<lora:name:1>` uses
-    relative: str  # path under its folder without extension
-    hashes: HashCache = field(repr=False, compare=False)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return (self.name, self.relative)
-
-    @cached_property
-    def metadata(self) -> dict[str, Any]:
-        if self.path.suffix.lower() != ".safetensors":
-            return {}
-        try:
-            return read_safetensors_metadata(self.path)
-        except (OSError, ValueError) as exc:
-            logger.warning("cannot read LoRA metadata of %s: %s", self.path, exc)
-            return {}
-
-    @property
-    def alias(self) -> str:
-        return str(self.metadata.get("ss_output_name") or self.name)
-
-    @property
-    def hash(self) -> str:
-        """A1111 `NetworkOnDisk` hash: trainer-written sshs_model_hash, else addnet hash (safetensors) or sha256."""
-        kind = "addnet" if self.path.suffix.lower() == ".safetensors" else "sha256"
-        return str(self.metadata.get("sshs_model_hash") or self.hashes.get(self.path, kind))
-
-    @property
-    def shorthash(self) -> str:
-        return self.hash[:12]
-
-
-@dataclass(frozen=True)
-class ControlNetEntry:
-    """A ControlNet (or IP-Adapter) model, titled "stem [old hash]" as sd-webui-controlnet lists it."""
-
-    path: Path
-    name: str  # stem (a diffusers folder: its name)
-    relative: str  # path under the ControlNet folder
-    is_folder: bool
-    hashes: HashCache = field(repr=False, compare=False)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return (self.name.lower(), self.relative.lower(), self.path.name.lower())
-
-    @property
-    def weights(self) -> Path | None:
-        """The file whose hash stands for the model: itself, or a diffusers folder's weights file."""
-        if not self.is_folder:
-            return self.path
-        return _first(sorted(self.path.glob("diffusion_pytorch_model*.safetensors"))
-                      or sorted(self.path.glob("diffusion_pytorch_model*.bin")))
-
-    @property
-    def hash(self) -> str | None:
-        weights = self.weights
-        return self.hashes.get(weights, "model_hash") if weights else None
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} [{self.hash}]"
-
-    def matches_hash(self, wanted: str) -> bool:
-        """The old 8-hex hash; a longer sha256 id matches only when already cached (never hashes gigabytes)."""
-        weights = self.weights
-        if len(wanted) == 8 or weights is None:
-            return self.hash == wanted
-        known = self.hashes.peek(weights, "sha256")
-        return known is not None and wanted in (known, known[:10])
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A model of a kind named by file (embeddings, upscalers, detectors, insightface packs)."""
-
-    kind: str
-    path: Path
-    name: str  # path under its folder, with extension ("face_yolov8n.pt"; a pack folder: "models/antelopev2")
-    stem: str
-    hashes: HashCache = field(repr=False, compare=False)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        return (self.name, self.path.name, strip_extension(self.name), self.stem)
-
-    @property
-    def sha256(self) -> str | None:
-        return None if self.path.is_dir() else self.hashes.get(self.path, "sha256")
-
-
-class ControlNetMatch(NamedTuple):
-    """A resolved ControlNet; `hash_matched` is None when the name carried no "[hash]"."""
-
-    entry: ControlNetEntry
-    hash_matched: bool | None
 
 
 def locate_models_root(env: Mapping[str, str], default: Path, volume_root: Path = RUNPOD_VOLUME) -> Path:
@@ -276,12 +110,6 @@ def locate_models_root(env: Mapping[str, str], default: Path, volume_root: Path 
             logger.info("using the A1111 models folder on the network volume: %s", candidate)
             return candidate
     return default
-
-
-def split_hash(text: str) -> tuple[str, str | None]:
-    """Split an A1111 title "name [hash]" into ("name", "hash"); ("name", None) when there is no hash."""
-    found = _BRACKETED_HASH.match(text)
-    return (found["base"], found["hash"].lower()) if found else (text, None)
 
 
 class ModelCatalog:
@@ -346,22 +174,22 @@ class ModelCatalog:
         10-hex short sha256 or the old 8-hex hash, and bare hashes. With `closest`, falls back to A1111's
         `get_closet_checkpoint_match` (shortest title containing the text), as used for `hr_checkpoint_name`.
         """
-        query = _normalise(name)
-        found = self._lookup("checkpoints", lambda entries: _match_checkpoint(entries, query, closest))
+        query = normalise_name(name)
+        found = self._lookup("checkpoints", lambda entries: match_checkpoint(entries, query, closest))
         return found or self._not_found("checkpoints", name, field, [e.title for e in self.checkpoints()])
 
     def find_vae(self, name: str, field: str = "sd_vae") -> VaeEntry:
         """Resolve a VAE by file name with extension (A1111's `vae_dict` key), relative path or stem."""
-        query = _normalise(name)
-        found = self._lookup("vae", lambda entries: _first(_named(entries, query)))
+        query = normalise_name(name)
+        found = self._lookup("vae", lambda entries: first(with_alias(entries, query)))
         return found or self._not_found("vae", name, field, [e.name for e in self.vaes()])
 
     def find_lora(self, name: str, field: str = "lora") -> LoraEntry:
         """Resolve a LoRA by stem (A1111's network name), relative path, or its `ss_output_name` alias."""
-        query = _normalise(name)
+        query = normalise_name(name)
 
         def match(entries: Sequence[LoraEntry]) -> LoraEntry | None:
-            return _first(_named(entries, query)) or next((e for e in entries if e.alias == query), None)
+            return first(with_alias(entries, query)) or next((e for e in entries if e.alias == query), None)
 
         found = self._lookup("lora", match)
         return found or self._not_found("lora", name, field, [e.name for e in self.loras()])
@@ -372,14 +200,14 @@ class ModelCatalog:
         Order: the stem with a matching hash, then any model with that hash (a renamed file), then the stem
         alone (the hash differs: `hash_matched` is False), then the shortest stem containing the text.
         """
-        query = _normalise(name)
-        found = self._lookup("controlnet", lambda entries: _match_controlnet(entries, query))
+        query = normalise_name(name)
+        found = self._lookup("controlnet", lambda entries: match_controlnet(entries, query))
         return found or self._not_found("controlnet", name, field, [e.title for e in self.controlnets()])
 
     def find_file(self, kind: str, name: str, field: str | None = None) -> ModelFile:
         """Resolve a model of a file kind (embeddings, esrgan, adetailer...) by path, file name or stem."""
-        query = _normalise(name)
-        found = self._lookup(kind, lambda entries: _first(_named(entries, query)))
+        query = normalise_name(name)
+        found = self._lookup(kind, lambda entries: first(with_alias(entries, query)))
         return found or self._not_found(kind, name, field or kind, [e.name for e in self.entries(kind)])
 
     def vae_near_checkpoint(self, checkpoint: CheckpointEntry) -> VaeEntry | None:
@@ -482,76 +310,3 @@ def _scan(folder: Path, layout: Layout) -> list[tuple[Path, bool]]:
 
 def _counts(file_name: str, layout: Layout) -> bool:
     return file_name.endswith(layout.endings) and not file_name.endswith(layout.excluded_endings or ("\0",))
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders "v2" before "v10", like A1111's `natural_sort_key`."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def _normalise(name: str) -> str:
-    # Windows clients send A1111 names with backslashes ("sub\\model.safetensors").
-    return name.strip().replace("\\", "/")
-
-
-def _first(items: Sequence[Any]) -> Any:
-    return items[0] if items else None
-
-
-def _named(entries: Iterable[Any], text: str) -> list:
-    """Entries one of whose `aliases` equals `text`, the most specific alias first."""
-    ranked = [(rank, index, entry) for index, entry in enumerate(entries)
-              for rank, alias in enumerate(entry.aliases) if alias == text]
-    return [entry for _, _, entry in sorted(ranked, key=lambda item: item[:2])]
-
-
-def _match_checkpoint(entries: Sequence[CheckpointEntry], query: str, closest: bool) -> CheckpointEntry | None:
-    named = _named(entries, query)
-    if named:
-        return named[0]
-    base, wanted = split_hash(query)
-    named = _named(entries, base) if wanted else []
-    if named:
-        hit = next((e for e in named if e.matches_hash(wanted)), None)
-        if hit is None:
-            # A1111's closest match also drops a stale "[hash]" and resolves by name; we say so.
-            logger.warning("checkpoint %r: the file's hash differs from [%s]; using it by name", base, wanted)
-        return hit or named[0]
-    if _HASH_ID.fullmatch(query):
-        # The legacy hash is cheap to compute; sha256 ids match only once known, as in A1111's alias table.
-        hit = next((e for e in entries if e.matches_hash(query, compute=len(query) == 8)), None)
-        if hit is not None:
-            return hit
-    return _closest_title(entries, query) if closest else None
-
-
-def _closest_title(entries: Sequence[CheckpointEntry], query: str) -> CheckpointEntry | None:
-    """A1111 `get_closet_checkpoint_match`: shortest title containing the text, then without its "[hash]"."""
-    for text in (query, split_hash(query)[0]):
-        found = sorted((e for e in entries if text in e.title), key=lambda e: len(e.title))
-        if found:
-            return found[0]
-    return None
-
-
-def _match_controlnet(entries: Sequence[ControlNetEntry], query: str) -> ControlNetMatch | None:
-    base, wanted = split_hash(query)
-    named = _named(entries, base.lower())  # sd-webui-controlnet compares stems in lower case
-    if wanted is None:
-        entry = _first(named) or _closest_stem(entries, base)
-        return ControlNetMatch(entry, None) if entry else None
-    same_hash = [e for e in named if e.matches_hash(wanted)] or [e for e in entries if e.matches_hash(wanted)]
-    if same_hash:
-        return ControlNetMatch(same_hash[0], True)
-    entry = _first(named) or _closest_stem(entries, base)
-    if entry is None:
-        return None
-    logger.warning("controlnet %r: no model has hash [%s]; using %s", query, wanted, entry.title)
-    return ControlNetMatch(entry, False)
-
-
-def _closest_stem(entries: Sequence[ControlNetEntry], base: str) -> ControlNetEntry | None:
-    """sd-webui-controlnet `find_closest_lora_model_name`: the shortest stem containing the text."""
-    text = base.lower()
-    found = sorted((e for e in entries if text and text in e.name.lower()), key=lambda e: len(e.name))
-    return _first(found)

@@ -9,7 +9,8 @@ import torch
 
 from engine.pipeline import A1111Pipeline
 from engine.resources.cache import ResidentCache
-from engine.resources.catalog import CheckpointEntry, ModelCatalog, VaeEntry
+from engine.resources.catalog import ModelCatalog
+from engine.resources.entries import CheckpointEntry, VaeEntry
 from engine.resources.loader import Precision, checkpoint_config_folder, load_vae
 from engine.resources.model_files import load_listed
 from engine.speedups import is_fp16_fixed_vae

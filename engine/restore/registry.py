@@ -18,8 +18,9 @@ from PIL import Image
 
 from engine.errors import NotFoundError, choices
 from engine.resources.cache import ResidentCache
-from engine.resources.catalog import ModelCatalog, natural_key
+from engine.resources.catalog import ModelCatalog
 from engine.resources.model_files import load_listed
+from engine.resources.name_matching import natural_key
 
 
 logger = logging.getLogger(__name__)

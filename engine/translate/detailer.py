@@ -1,7 +1,7 @@
 """ADetailer units → `DetailerPlan`s, in diffusers' terms."""
 
 from engine import samplers
-from engine.control.units import detailer_controlnets
+from engine.control.detailer_units import detailer_controlnets
 from engine.detailer.args import ADetailerArgs
 from engine.errors import RequestError
 from engine.networks import lora_requests

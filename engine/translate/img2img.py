@@ -3,7 +3,7 @@
 from dataclasses import replace
 from typing import Any
 
-from engine.control.units import with_init_image
+from engine.control.img2img_units import with_init_image
 from engine.errors import RequestError
 from engine.imaging.decode import check_image_count, decode_image
 from engine.imaging.limits import ImageLimits

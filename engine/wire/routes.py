@@ -54,7 +54,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "controlnet/detect": {"POST": "controlnet_detect"},
     "reactor/models": {"GET": "reactor_models"},
     "reactor/upscalers": {"GET": "reactor_upscalers"},
-    "reactor/facemodels": {"GET": "reactor_facemodels"},
+    "reactor/facemodels": {"GET": "reactor_facemodels", "POST": "reactor_facemodels_build"},
     "reactor/image": {"POST": "reactor_image"},
 }
 # Request model of each generation endpoint (the HTTP server also declares them, for A1111's 422 errors).

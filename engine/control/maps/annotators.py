@@ -13,6 +13,10 @@ Nothing is downloaded at run time: a missing file is a `NotFoundError` naming wh
 their `from_pretrained(<local folder>)`, which reads the file from the folder and never the Hub; Depth Anything
 runs on transformers' model (`engine.control.maps.depth_anything`), DWPose on onnxruntime
 (`engine.control.maps.dwpose`).
+
+OneFormer is the exception to the layout: sd-webui-controlnet's detectron2 checkpoints have no maintained loader,
+so its two models are read as SHI-Labs' transformers folders (`engine.control.maps.oneformer`), one folder each
+under `oneformer/`.
 """
 
 import logging
@@ -35,6 +39,9 @@ DEPTH_ANYTHING_V1, DEPTH_ANYTHING_V2 = "depth_anything_vitl14.pth", "depth_anyth
 DWPOSE_DETECTOR, DWPOSE_WHOLEBODY = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 ANIME_FACE = "UNet.pth"
 ANIMAL_POSE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
+# A transformers OneFormer folder (shi-labs/oneformer_*_swin_large): model, config and CLIP tokenizer files.
+ONEFORMER_FILES = ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 EXTENSION_FOLDER = Path("..") / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
 
 
@@ -137,6 +144,12 @@ def _depth_anything(folder: Path, file: str, version: int):
     return DepthAnythingDetector(load_depth_anything(weights, version))
 
 
+def _oneformer(folder: Path, dataset: str):
+    from engine.control.maps.oneformer import load_oneformer
+
+    return load_oneformer(folder, dataset)
+
+
 def _pose_estimator(folder: Path, pose_file: str, animals: bool = False):
     from engine.control.maps import dwpose
 
@@ -194,6 +207,10 @@ ANNOTATORS: dict[str, Annotator] = {
                              "Apache-2.0 (RTMPose AP-10K, YOLOX)"),
     "anime_face_segment": Annotator("anime_face_segment", (ANIME_FACE,), _anime_face,
                                     "MIT (Anime-Face-Segmentation)"),
+    "oneformer_ade20k": Annotator("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES,
+                                  lambda folder: _oneformer(folder, "ade20k"), "MIT (OneFormer)"),
+    "oneformer_coco": Annotator("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES,
+                                lambda folder: _oneformer(folder, "coco"), "MIT (OneFormer)"),
     # The IP-Adapter modules' image encoders (`annotator/downloads/clip_vision`).
     "clip_h": Annotator("clip_vision", ("clip_h.pth",), lambda folder: _clip_vision(folder, "clip_h"),
                         "MIT (OpenCLIP ViT-H/14, LAION-2B)"),

@@ -5,7 +5,8 @@ not possible: these are the real networks with random weights. The small ones (H
 part of the demo models; the large ones (OpenPose, MiDaS, NormalBAE, anime lineart, LaMa: 200–500 MB each) are
 written only on request (`python -m engine demo-models --annotators all`, and the slow tests). Depth Anything's
 loader reads the architecture from the checkpoint, and DWPose's are ONNX graphs: those are tiny, in the original
-key layout and the real input/output shapes.
+key layout and the real input/output shapes. OneFormer's are transformers folders: a tiny `OneFormerConfig` (small
+Swin, few layers, the real 150 / 133 classes) with the project's tiny CLIP tokenizer.
 """
 
 import functools
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from engine.control.maps.annotators import ANNOTATORS, DOWNLOAD_FOLDER, quiet_import
+from engine.demo.files import written_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -208,10 +210,59 @@ def _clip_vision(name: str) -> dict:
     return {FAMILIES[name].file: CLIPVisionModelWithProjection(config).state_dict()}
 
 
+# A tiny OneFormer: GroupNorm's 32 groups set the narrowest widths; the task MLP reads the real 77 task ids.
+TINY_ONEFORMER = {"swin_width": 16, "width": 32, "queries": 8}
+
+
+def tiny_oneformer(num_labels: int):
+    """A tiny random `OneFormerForUniversalSegmentation` with the dataset's number of classes."""
+    from transformers import OneFormerConfig, OneFormerForUniversalSegmentation, SwinConfig
+
+    from engine.demo.tokenizer import clip_vocab
+
+    tiny = TINY_ONEFORMER
+    backbone = SwinConfig(embed_dim=tiny["swin_width"], depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+                          out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = OneFormerConfig(
+        backbone_config=backbone, num_labels=num_labels, num_queries=tiny["queries"], conv_dim=tiny["width"],
+        mask_dim=tiny["width"], hidden_dim=tiny["width"], encoder_feedforward_dim=2 * tiny["width"],
+        encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=2 * tiny["width"],
+        query_dec_layers=1, text_encoder_width=tiny["width"], text_encoder_num_layers=1, text_encoder_n_ctx=2,
+        text_encoder_vocab_size=len(clip_vocab()))
+    model = OneFormerForUniversalSegmentation(config).eval()
+    decoder = model.model.transformer_module.decoder
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        # Untrained queries are near copies of one another, so every pixel would get the same class: spread the
+        # queries apart and sharpen their classes and masks, so that a map has several regions.
+        model.model.transformer_module.queries_embedder.weight.mul_(50.0)
+        decoder.class_embed.weight.mul_(10.0)
+        [*(m for m in decoder.mask_embed.modules() if isinstance(m, torch.nn.Linear))][-1].weight.mul_(3.0)
+    return model
+
+
+def _oneformer(num_labels: int) -> dict:
+    """The folder's files: config.json, pytorch_model.bin (as on the Hub) and the tokenizer's text files."""
+    import json
+    import tempfile
+
+    from engine.demo.tokenizer import write_clip_tokenizer
+
+    model = tiny_oneformer(num_labels)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = write_clip_tokenizer(Path(scratch))
+        files = {path.name: path.read_text(encoding="utf-8") for path in tokenizer.iterdir()}
+    return {**files, "config.json": json.dumps(model.config.to_dict(), indent=2),
+            "pytorch_model.bin": model.state_dict()}
+
+
 SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
                                         "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2,
                                         "dwpose": _dwpose, "animal_pose": _animal_pose,
                                         "anime_face_segment": _anime_face,
+                                        "oneformer_ade20k": functools.partial(_oneformer, 150),
+                                        "oneformer_coco": functools.partial(_oneformer, 133),
                                         "clip_h": functools.partial(_clip_vision, "clip_h"),
                                         "clip_g": functools.partial(_clip_vision, "clip_g")}
 LARGE: dict[str, Callable[[], dict]] = {"lineart_anime": _lineart_anime, "openpose": _openpose, "midas": _midas,
@@ -236,15 +287,18 @@ def write_random_annotators(models_dir: Path, names=tuple(SMALL), seed: int = 0)
 
 
 def _save(contents, path: Path) -> None:
-    """In the file's own format: safetensors, ONNX, or a torch pickle."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    """In the file's own format: text, safetensors, ONNX, or a torch pickle; written atomically."""
+    with written_atomically(path) as partial:
+        if isinstance(contents, str):
+            partial.write_text(contents, encoding="utf-8")
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file({key: value.contiguous() for key, value in contents.items()}, path)
-    elif path.suffix == ".onnx":
-        import onnx
+            save_file({key: value.contiguous() for key, value in contents.items()}, partial)
+        elif path.suffix == ".onnx":
+            import onnx
 
-        onnx.checker.check_model(contents)
-        onnx.save(contents, path)
-    else:
-        torch.save(contents, path)
+            onnx.checker.check_model(contents)
+            onnx.save(contents, partial)
+        else:
+            torch.save(contents, partial)

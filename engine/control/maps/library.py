@@ -152,6 +152,12 @@ def normal_bae(image, resolution, a, b, detectors: Detector):
     return _padded_call(image, resolution, detectors("normal_bae"))
 
 
+def oneformer(image, resolution, a, b, detectors: Detector, annotator: str):
+    """seg_ofade20k / seg_ofcoco: OneFormer's coloured semantic map of the padded image, pad cut off."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    return remove_pad(detectors(annotator)(padded))
+
+
 LAMA_RESOLUTION = 256  # "Always use 256 since lama is trained on 256"
 
 

@@ -84,6 +84,8 @@ RUNNERS: dict[str, Runner] = {
     "mlsd": _with_detectors(library.mlsd),
     "normal_bae": _with_detectors(library.normal_bae),
     "anime_face_segment": _with_detectors(library.anime_face_segment),
+    "oneformer_ade20k": _with_detectors(library.oneformer, annotator="oneformer_ade20k"),
+    "oneformer_coco": _with_detectors(library.oneformer, annotator="oneformer_coco"),
     "depth_anything": _with_detectors(library.depth_anything),
     "depth_anything_v2": _with_detectors(library.depth_anything, annotator="depth_anything_v2"),
     "instant_id_face_keypoints": lambda image, resolution, a, b, tools: keypoint_map(
