@@ -16,6 +16,7 @@ from PIL import Image
 
 from engine import Engine
 from engine.demo.tiny import tiny_components
+from engine.errors import UnsupportedError
 from engine.sampling.guidance import GuidedUNet, StepConditioning, constant
 from engine.sampling.step_cache import ShallowPath, StepCache
 from engine.settings import Settings
@@ -79,7 +80,7 @@ def test_shallow_path_with_its_own_deep_feature_is_diffusers_forward(unets, fami
         assert torch.equal(shallow, reference), f"branch {branch}"
     _, other = path.full(*_inputs(unet, size=size, seed=1)[:3], {"added_cond_kwargs": _inputs(unet, seed=1)[3]})
     assert not torch.allclose(path.shallow(x, t, context, {"added_cond_kwargs": added}, other), reference)
-    with pytest.raises(ValueError, match=f"DEEPCACHE_BRANCH must be from 0 to {branches - 1}"):
+    with pytest.raises(UnsupportedError, match=f"^DEEPCACHE_BRANCH: the worker's setting must be from 0 to {branches - 1}"):
         ShallowPath(unet, branches)
 
 
@@ -296,3 +297,14 @@ def test_options_listing_shows_the_workers_pad_cond_uncond(demo_models):
     assert engine.handle("GET", "/sdapi/v1/options", {})["pad_cond_uncond"] is True
     plain = Engine(Settings(models_dir=demo_models, device="cpu"))
     assert plain.handle("GET", "/sdapi/v1/options", {})["pad_cond_uncond"] is False
+
+
+def test_a_branch_the_checkpoint_lacks_is_a_one_line_error_and_nothing_stays_loaded(demo_models):
+    """DEEPCACHE_BRANCH is checked against each checkpoint's UNet as it loads: the client gets the setting's
+    line (not an internal error), the checkpoint is not kept, and the worker serves the next job."""
+    engine = Engine.from_models_dir(demo_models, device="cpu", default_checkpoint="tiny-sd15",
+                                    speedups=SpeedUps(deepcache_interval=2, deepcache_branch=40))
+    with pytest.raises(UnsupportedError, match=r"^DEEPCACHE_BRANCH: the worker's setting must be from 0 to \d+"):
+        engine.txt2img(PAYLOAD)
+    assert not engine.pipelines.resident()
+    assert engine.handle("GET", "/sdapi/v1/sd-models", {})

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from engine.errors import UnsupportedError
 from engine.speedups import StepCaching
 
 
@@ -80,9 +81,11 @@ class ShallowPath:
         self.unet = unet
         down, channels = _down_layers(unet)
         if not 0 <= branch < len(channels):
-            raise ValueError(
-                f"DEEPCACHE_BRANCH must be from 0 to {len(channels) - 1} for this UNet (its skip branches), "
-                f"got {branch}"
+            # A worker setting that does not fit this checkpoint: the client gets the line (not an internal
+            # error), and the checkpoint is not kept loaded.
+            raise UnsupportedError(
+                "DEEPCACHE_BRANCH", f"the worker's setting must be from 0 to {len(channels) - 1} for this "
+                                    f"checkpoint's UNet (its skip branches), got {branch}"
             )
         up: list[_UpLayer] = []
         skip = len(channels) - 1  # the up path takes the skip features in reverse order
