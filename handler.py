@@ -16,12 +16,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, Settings
-from engine.errors import EngineError, OutOfMemory, internal_error_message
-from engine.logs import setup_logging
-from engine.wire.envelope import parse_job_input
-from engine.wire.routes import ENVELOPE_FIELDS, route
-from engine.wire.routes import warm_up as warm_up_engine
+from engine.startup import imports_without_collection
+
+
+with imports_without_collection():
+    from engine import Engine, Settings
+    from engine.errors import EngineError, OutOfMemory, internal_error_message
+    from engine.logs import setup_logging
+    from engine.wire.envelope import parse_job_input
+    from engine.wire.routes import ENVELOPE_FIELDS, route
+    from engine.wire.routes import warm_up as warm_up_engine
 
 
 logger = logging.getLogger("handler")

@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.errors import EngineError, RequestError, internal_error_message, new_request_id
 from engine.logs import setup_logging
 from engine.settings import Settings
+from engine.startup import imports_without_collection
 
 
 logger = logging.getLogger("engine")
@@ -78,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_generate(args: argparse.Namespace, settings: Settings) -> int:
-    from engine import Engine
-    from engine.payload_files import fill_placeholder_images, read_job_input, use_checkpoint
-    from engine.wire.envelope import parse_job_input
+    with imports_without_collection():
+        from engine import Engine
+        from engine.payload_files import fill_placeholder_images, read_job_input, use_checkpoint
+        from engine.wire.envelope import parse_job_input
 
     job_input = read_job_input(args.payload)
     if args.checkpoint:
@@ -163,9 +165,10 @@ def run_save_images(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from engine import Engine
-    from engine.server import serve
-    from engine.wire.routes import warm_up
+    with imports_without_collection():
+        from engine import Engine
+        from engine.server import serve
+        from engine.wire.routes import warm_up
 
     engine = Engine(settings)
     if not args.no_warm_up:
