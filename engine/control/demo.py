@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.control.tiny_faces import write_tiny_antelopev2
+from engine.demo.files import torch_save_atomically, written_atomically
 from engine.demo.ldm_format import unet_to_ldm
 from engine.demo.tiny import PARAMETER_JITTER, tiny_components
 
@@ -57,7 +58,7 @@ def write_tiny_instant_id(models_dir: Path, seed: int = 0) -> list[Path]:
                    "ip_adapter": _ip_attention_weights(unet)}
         controlnet = _controlnet_from(unet)
     ip_adapter = folder / IP_ADAPTER_FILE
-    torch.save(weights, ip_adapter)
+    torch_save_atomically(weights, ip_adapter)
     identitynet = folder / IDENTITYNET_FILE
     _save_safetensors(controlnet.state_dict(), identitynet)
     config = models_dir / CONFIG_FOLDER / "tiny-controlnet-sdxl"
@@ -147,5 +148,5 @@ def _ip_attention_weights(unet) -> dict[str, torch.Tensor]:
 def _save_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({key: value.detach().contiguous().clone() for key, value in state_dict.items()}, str(path))
-    path.chmod(0o644)  # safetensors writes owner-only files; a models folder is often read by another user
+    with written_atomically(path) as partial:  # world-readable, and never listed half-written
+        save_file({key: value.detach().contiguous().clone() for key, value in state_dict.items()}, str(partial))

@@ -19,6 +19,7 @@ from engine.control.demo import (
     _save_safetensors,
 )
 from engine.control.maps.demo import TINY_CLIP_PROJECTION
+from engine.demo.files import torch_save_atomically
 from engine.demo.tiny import tiny_components
 
 
@@ -58,7 +59,7 @@ def write_tiny_ip_adapters(models_dir: Path, seed: int = 0) -> list[Path]:
             _save_safetensors({f"{part}.{key}": value for part, tensors in weights.items()
                                for key, value in tensors.items()}, path)
         else:
-            torch.save(weights, path)
+            torch_save_atomically(weights, path)
         written.append(path)
     return written
 

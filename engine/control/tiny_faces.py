@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.demo.files import written_atomically
+
 
 ANTELOPE_FOLDER = Path("insightface") / "models" / "antelopev2"
 DETECTOR_FILE, RECOGNISER_FILE = "scrfd_10g_bnkps.onnx", "glintr100.onnx"
@@ -39,7 +41,8 @@ def write_tiny_antelopev2(
     detector_file, recogniser_file = file_names
     for name, model in ((detector_file, _tiny_detector()), (recogniser_file, _tiny_recogniser(seed))):
         onnx.checker.check_model(model)
-        onnx.save(model, folder / name)
+        with written_atomically(folder / name) as partial:
+            onnx.save(model, partial)
         written.append(folder / name)
     return written
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.control.tiny_faces import write_tiny_antelopev2
+from engine.demo.files import written_atomically
 from engine.faceswap.analysis import PACK_FOLDER
 
 
@@ -41,8 +42,8 @@ def write_tiny_reactor_models(models_dir: Path, seed: int = 0) -> list[Path]:
     for path, model in ((models_dir / PACK_FOLDER / BUFFALO_FILES[2], _tiny_genderage()),
                         (models_dir / SWAP_MODEL_FILE, _tiny_swapper(seed))):
         onnx.checker.check_model(model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, path)
+        with written_atomically(path) as partial:
+            onnx.save(model, partial)
         written.append(path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
