@@ -187,6 +187,7 @@ _ROWS = (
     ModuleSpec("anime_face_segment", label="seg_anime_face", tags=("Segmentation",),
                annotator="anime_face_segment"),
     # OneFormer (Swin-L) as SHI-Labs' transformers conversions of the extension's checkpoints.
+    ModuleSpec("mobile_sam", tags=("Segmentation",), annotator="mobile_sam"),
     ModuleSpec("oneformer_ade20k", label="seg_ofade20k", tags=("Segmentation",), priority=100,
                annotator="oneformer_ade20k"),
     ModuleSpec("oneformer_coco", label="seg_ofcoco", tags=("Segmentation",), annotator="oneformer_coco"),
@@ -211,8 +212,8 @@ MODULES: dict[str, ModuleSpec] = {spec.name: spec for spec in _ROWS}
 # sd-webui-controlnet modules this worker does not run (no maintained library has their models in the
 # extension's format): named in the error so a client knows it is not a typo.
 NOT_SUPPORTED: dict[str, str] = {
-    # UniFormer's mmseg checkpoint has no maintained loader; MobileSAM is not wired yet (README).
-    **dict.fromkeys(("segmentation", "seg_ufade20k", "mobile_sam"), "segmentation (UniFormer / MobileSAM)"),
+    # UniFormer's mmseg checkpoint has no maintained loader (README).
+    **dict.fromkeys(("segmentation", "seg_ufade20k"), "segmentation (UniFormer)"),
     **dict.fromkeys(("densepose", "densepose_parula"), "DensePose"),
     **dict.fromkeys(("lineart_anime_denoise", "depth_hand_refiner", "mediapipe_face", "teed", "softedge_teed",
                      "softedge_anyline", "normal_dsine", "t2ia_style_clipvision", "clip_vision"),

@@ -38,6 +38,7 @@ DOWNLOAD_FOLDER = "ControlNetAnnotators"
 DEPTH_ANYTHING_V1, DEPTH_ANYTHING_V2 = "depth_anything_vitl14.pth", "depth_anything_v2_vitl.safetensors"
 DWPOSE_DETECTOR, DWPOSE_WHOLEBODY = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 ANIME_FACE = "UNet.pth"
+MOBILE_SAM = "mobile_sam.pt"
 ANIMAL_POSE = "rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"
 # A transformers OneFormer folder (shi-labs/oneformer_*_swin_large): model, config and CLIP tokenizer files.
 ONEFORMER_FILES = ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -172,6 +173,13 @@ def _clip_vision(folder: Path, name: str):
     return load_clip_vision(folder, name)
 
 
+def _mobile_sam(folder: Path):
+    from engine.control.maps.mobile_sam import MobileSamDetector, load_mobile_sam
+
+    return MobileSamDetector(load_mobile_sam(torch.load(folder / MOBILE_SAM, map_location="cpu",
+                                                        weights_only=True)))
+
+
 def _lama(folder: Path):
     """spandrel's LaMa reads the training checkpoint's `generator.*` weights (ControlNetLama.pth)."""
     from spandrel import ModelLoader
@@ -207,6 +215,7 @@ ANNOTATORS: dict[str, Annotator] = {
                              "Apache-2.0 (RTMPose AP-10K, YOLOX)"),
     "anime_face_segment": Annotator("anime_face_segment", (ANIME_FACE,), _anime_face,
                                     "MIT (Anime-Face-Segmentation)"),
+    "mobile_sam": Annotator("mobile_sam", (MOBILE_SAM,), _mobile_sam, "Apache-2.0 (MobileSAM)"),
     "oneformer_ade20k": Annotator("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES,
                                   lambda folder: _oneformer(folder, "ade20k"), "MIT (OneFormer)"),
     "oneformer_coco": Annotator("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES,

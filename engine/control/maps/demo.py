@@ -177,6 +177,20 @@ def _anime_face() -> dict:
     return {ANIME_FACE: AnimeFaceUNet().state_dict()}
 
 
+def _mobile_sam() -> dict:
+    """vit_t with random weights, its mask decoder made confident (high predicted IoU, large-magnitude mask
+    logits) so some masks pass the automatic generator's IoU and stability filters and the map is not black."""
+    from engine.control.maps.annotators import MOBILE_SAM
+
+    sam = quiet_import("controlnet_aux.segment_anything.build_sam").build_sam_vit_t()
+    decoder = sam.mask_decoder
+    with torch.no_grad():
+        decoder.iou_prediction_head.layers[-1].bias.fill_(1.0)
+        for hypernetwork in decoder.output_hypernetworks_mlps:
+            hypernetwork.layers[-1].weight.mul_(50.0)
+    return {MOBILE_SAM: sam.state_dict()}
+
+
 def _dwpose() -> dict:
     from engine.control.maps import tiny_pose
     from engine.control.maps.annotators import DWPOSE_DETECTOR, DWPOSE_WHOLEBODY
@@ -260,7 +274,7 @@ def _oneformer(num_labels: int) -> dict:
 SMALL: dict[str, Callable[[], dict]] = {"hed": _hed, "pidinet": _pidinet, "mlsd": _mlsd, "lineart": _lineart,
                                         "depth_anything": _depth_anything, "depth_anything_v2": _depth_anything_v2,
                                         "dwpose": _dwpose, "animal_pose": _animal_pose,
-                                        "anime_face_segment": _anime_face,
+                                        "anime_face_segment": _anime_face, "mobile_sam": _mobile_sam,
                                         "oneformer_ade20k": functools.partial(_oneformer, 150),
                                         "oneformer_coco": functools.partial(_oneformer, 133),
                                         "clip_h": functools.partial(_clip_vision, "clip_h"),

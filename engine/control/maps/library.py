@@ -148,6 +148,13 @@ def anime_face_segment(image, resolution, a, b, detectors: Detector):
     return remove_pad(detectors("anime_face_segment")(padded))
 
 
+def mobile_sam(image, resolution, detectors: Detector, seed: int):
+    """mobile_sam: SAM's automatic masks of the padded image, each a random colour (`engine.control.maps.mobile_sam`;
+    the colours come from a private RNG seeded with the unit's seed), pad cut off."""
+    padded, remove_pad = resize_with_pad(image, int(resolution))
+    return remove_pad(detectors("mobile_sam")(padded, min(padded.shape[:2]), seed))
+
+
 def normal_bae(image, resolution, a, b, detectors: Detector):
     return _padded_call(image, resolution, detectors("normal_bae"))
 

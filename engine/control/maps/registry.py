@@ -20,7 +20,7 @@ class MapTools:
 
     detectors: Callable[[str], object]  # annotator name → detector (loaded on first use)
     faces: FaceFinder
-    seed: int = 0  # sd-webui-controlnet `set_numpy_seed`: (seed + subseed) & 0xFFFFFFFF (shuffle)
+    seed: int = 0  # sd-webui-controlnet `set_numpy_seed`: (seed + subseed) & 0xFFFFFFFF (shuffle, mobile_sam)
     field: str = "image"  # for errors (no face found…)
     on_pose: Callable[[dict], None] | None = None  # receives the pose modules' OpenPose JSON (`/controlnet/detect`)
 
@@ -84,6 +84,8 @@ RUNNERS: dict[str, Runner] = {
     "mlsd": _with_detectors(library.mlsd),
     "normal_bae": _with_detectors(library.normal_bae),
     "anime_face_segment": _with_detectors(library.anime_face_segment),
+    "mobile_sam": lambda image, resolution, a, b, tools: library.mobile_sam(image, resolution, tools.detectors,
+                                                                            tools.seed),
     "oneformer_ade20k": _with_detectors(library.oneformer, annotator="oneformer_ade20k"),
     "oneformer_coco": _with_detectors(library.oneformer, annotator="oneformer_coco"),
     "depth_anything": _with_detectors(library.depth_anything),
