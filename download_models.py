@@ -230,6 +230,7 @@ ANNOTATOR_FILES: dict[str, tuple[str, tuple[str, ...]]] = {  # annotator → (fo
     "dwpose": ("openpose", ("yolox_l.onnx", "dw-ll_ucoco_384.onnx")),
     "animal_pose": ("openpose", ("yolox_l.onnx", ANIMAL_POSE_FILE)),
     "anime_face_segment": ("anime_face_segment", ("UNet.pth",)),
+    "mobile_sam": ("mobile_sam", ("mobile_sam.pt",)),
     "clip_h": ("clip_vision", ("clip_h.pth",)), "clip_g": ("clip_vision", ("clip_g.pth",)),
     "oneformer_ade20k": ("oneformer/oneformer_ade20k_swin_large", ONEFORMER_FILES),
     "oneformer_coco": ("oneformer/oneformer_coco_swin_large", ONEFORMER_FILES),
@@ -244,6 +245,7 @@ ANNOTATOR_SOURCES: dict[str, tuple[str, str, str | None]] = {
     "dw-ll_ucoco_384.onnx": ("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", None),
     ANIMAL_POSE_FILE: ("bdsqlsz/qinglong_controlnet-lllite", f"Annotators/{ANIMAL_POSE_FILE}", None),
     "UNet.pth": ("bdsqlsz/qinglong_controlnet-lllite", "Annotators/UNet.pth", None),
+    "mobile_sam.pt": ("dhkim2810/MobileSAM", "mobile_sam.pt", None),
     # IP-Adapter's own image encoder (OpenCLIP ViT-H/14), which sd-webui-controlnet saves as clip_h.pth.
     "clip_h.pth": ("h94/IP-Adapter", "models/image_encoder/pytorch_model.bin", None),
 }
