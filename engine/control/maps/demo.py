@@ -1,12 +1,12 @@
 """Random-weight annotator files in their real formats and sd-webui-controlnet's folder layout.
 
-Most annotators are fixed architectures (their loaders build the network with hard-coded widths), so "tiny" is
-not possible: these are the real networks with random weights. The small ones (HED, PiDiNet, M-LSD, lineart,
-MobileSAM's vit_t) are part of the demo models; the large ones (OpenPose, MiDaS, NormalBAE, anime lineart, LaMa:
-200–500 MB each) are written only on request (`python -m engine demo-models --annotators all`, and the slow tests). Depth Anything's
-loader reads the architecture from the checkpoint, and DWPose's are ONNX graphs: those are tiny, in the original
-key layout and the real input/output shapes. OneFormer's are transformers folders: a tiny `OneFormerConfig` (small
-Swin, few layers, the real 150 / 133 classes) with the project's tiny CLIP tokenizer.
+Most annotators are fixed architectures (their loaders build the network with hard-coded widths), so "tiny" is not
+possible: these are the real networks with random weights. The small ones (HED, PiDiNet, M-LSD, lineart, MobileSAM's
+vit_t) are part of the demo models; the large ones (OpenPose, MiDaS, NormalBAE, anime lineart, LaMa: 200–500 MB
+each) are written only on request (`python -m engine demo-models --annotators all`, and the slow tests). Depth
+Anything's loader reads the architecture from the checkpoint, and DWPose's are ONNX graphs: those are tiny, in the
+original key layout and the real input/output shapes. OneFormer's are transformers folders: a tiny `OneFormerConfig`
+(small Swin, few layers, the real 150 / 133 classes) with the project's tiny CLIP tokenizer.
 """
 
 import functools
