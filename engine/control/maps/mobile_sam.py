@@ -1,5 +1,6 @@
-"""mobile_sam (Segmentation) as sd-webui-controlnet v1.1.455 runs it (`annotator/mobile_sam/__init__.py`,
-`SamDetector_Aux`, GPL-3.0; re-implemented here): MobileSAM's vit_t (TinyViT encoder, SAM's prompt encoder and
+"""mobile_sam (Segmentation) as sd-webui-controlnet v1.1.455 runs it (`scripts/preprocessor/mobile_sam.py`: pad
+to 64 at the processor resolution, run, cut the pad; `annotator/mobile_sam/__init__.py`, `SamDetector_Aux`;
+GPL-3.0, re-implemented here): MobileSAM's vit_t (TinyViT encoder, SAM's prompt encoder and
 mask decoder; Apache-2.0) from controlnet_aux's `segment_anything`, its `SamAutomaticMaskGenerator` with default
 arguments (a 32 × 32 point grid), and controlnet_aux's `SamDetector.show_anns` colouring (Apache-2.0): masks
 largest first, each painted one random colour over the ones before it, on black.
