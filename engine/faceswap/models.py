@@ -114,19 +114,14 @@ class FaceSwapModels:
         Raises:
             NotFoundError: the file is missing, naming the `mask_face` arg.
         """
-        path = self._mask_parser_file()
-        if path is None:
-            self.catalog.refresh(MASK_MODEL_KIND)
-            path = self._mask_parser_file()
-        if path is None:
+        try:
+            # The catalog's file lookup rescans the folder once when the file is not listed.
+            path = self.catalog.find_file(MASK_MODEL_KIND, MASK_MODEL_FILE, field("mask_face")).path
+        except NotFoundError:
             raise NotFoundError(field("mask_face"), f"face mask correction needs facexlib's {MASK_MODEL_FILE} in "
                                                     f"{self.catalog.root / 'GFPGAN'}; run download_models.py "
-                                                    "--only reactor")
+                                                    "--only reactor") from None
         return self._mask_parsers.get(path)
-
-    def _mask_parser_file(self) -> Path | None:
-        found = [entry.path for entry in self.catalog.entries(MASK_MODEL_KIND) if entry.path.name == MASK_MODEL_FILE]
-        return found[0] if found else None
 
     def _rescanned(self) -> dict[str, Path]:
         self.catalog.refresh("insightface")
