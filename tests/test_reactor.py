@@ -247,8 +247,9 @@ def test_face_mask_needs_bisenet_and_refuses_reactors_failing_order(tmp_path):
     from engine.resources.catalog import ModelCatalog
 
     with pytest.raises(NotFoundError, match=r"args\[21\]: face mask correction needs facexlib's "
-                                            r"parsing_bisenet.pth .*--only reactor"):
+                                            r"parsing_bisenet.pth .*--only reactor") as missing:
         FaceSwapModels(ModelCatalog(tmp_path), "cpu").mask_parser()
+    assert str(tmp_path) not in str(missing.value)  # a client must not learn the server's paths
     with pytest.raises(RequestError, match=r"args\[21\]: .*restore first true or scale 1"):
         parse_reactor_args({"reactor": {"args": reactor_args(mask_face=True, upscaler="Lanczos", upscaler_scale=2,
                                                              restore_first=False)}})

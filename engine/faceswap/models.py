@@ -73,20 +73,20 @@ class FaceSwapModels:
         # ReActor joins the name onto models/insightface, so clients also send a full path: its file name counts.
         wanted = (args.model or "").replace("\\", "/").rsplit("/", 1)[-1]
         if not models:
-            raise NotFoundError(field("model"), f"no swap model in {self.catalog.root / 'insightface'} "
+            raise NotFoundError(field("model"), "no swap model in the models folder's insightface/ "
                                                 "(inswapper_128.onnx: `python download_models.py --only reactor`)")
         if not wanted:
             wanted = next(iter(models))  # ReActor's dropdown defaults to the first model listed
         if wanted not in models:
             raise NotFoundError(field("model"), f"no swap model named {wanted!r} in "
-                                                f"{self.catalog.root / 'insightface'}; installed: {choices(models)}")
+                                                f"the models folder's insightface/; installed: {choices(models)}")
         face_model = None
         if args.face_model is not None:
             face_models = self.face_models()
             name = args.face_model if args.face_model.endswith(".safetensors") else f"{args.face_model}.safetensors"
             if name not in face_models:
                 raise NotFoundError(field("face_model"), f"no face model named {args.face_model!r} in "
-                                                         f"{self.catalog.root / FACE_MODELS_FOLDER}; "
+                                                         f"the models folder's {FACE_MODELS_FOLDER}/; "
                                                          f"installed: {choices(face_models)}")
             face_model = face_models[name]
         # ReActor's "CUDA" runs onnxruntime on the GPU; on a worker without one both mean the CPU.
@@ -119,7 +119,7 @@ class FaceSwapModels:
             path = self.catalog.find_file(MASK_MODEL_KIND, MASK_MODEL_FILE, field("mask_face")).path
         except NotFoundError:
             raise NotFoundError(field("mask_face"), f"face mask correction needs facexlib's {MASK_MODEL_FILE} in "
-                                                    f"{self.catalog.root / 'GFPGAN'}; run download_models.py "
+                                                    "the models folder's GFPGAN/; run download_models.py "
                                                     "--only reactor") from None
         return self._mask_parsers.get(path)
 
