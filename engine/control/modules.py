@@ -186,8 +186,8 @@ _ROWS = (
     ModuleSpec("normal_bae", tags=("NormalMap",), priority=100, annotator="normal_bae"),
     ModuleSpec("anime_face_segment", label="seg_anime_face", tags=("Segmentation",),
                annotator="anime_face_segment"),
-    # OneFormer (Swin-L) as SHI-Labs' transformers conversions of the extension's checkpoints.
     ModuleSpec("mobile_sam", tags=("Segmentation",), annotator="mobile_sam"),
+    # OneFormer (Swin-L) as SHI-Labs' transformers conversions of the extension's checkpoints.
     ModuleSpec("oneformer_ade20k", label="seg_ofade20k", tags=("Segmentation",), priority=100,
                annotator="oneformer_ade20k"),
     ModuleSpec("oneformer_coco", label="seg_ofcoco", tags=("Segmentation",), annotator="oneformer_coco"),
